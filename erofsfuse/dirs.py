@@ -1,0 +1,99 @@
+"""Directories: O(log n) lookup and resumable listing over sorted dirent blocks.
+
+A directory's data is a sequence of blocks, each holding sorted dirents,
+and the blocks themselves are in order. Lookup binary-searches the blocks by
+their first name, then the names inside the one block that can hold the
+target, as the kernel does. Listing positions are byte offsets of dirents
+(``block * block_size + index * 12``), so a listing resumes in O(1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
+
+from . import _dirents
+from . import ondisk as d
+from .cache import SizedLRU
+from .errors import CorruptImage, NotADirectory
+from .inode import Inode
+
+if TYPE_CHECKING:
+    from .image import ErofsImage
+
+
+class DirEntry(NamedTuple):
+    name: bytes
+    nid: int
+    file_type: int
+    offset: int  # position of this dirent; listing from ``offset + 1`` resumes after it
+
+
+class Directories:
+    """Directory access for one image, with a cache of raw directory blocks."""
+
+    def __init__(self, image: ErofsImage, cache_bytes: int):
+        self.image = image
+        self.blkszbits = image.sb.blkszbits
+        self.block_size = image.sb.block_size
+        self.blocks: SizedLRU[bytes] = SizedLRU(cache_bytes)
+
+    def block(self, ino: Inode, index: int) -> bytes:
+        """Directory block ``index`` of ``ino`` (the last one may be short)."""
+        key = (ino.nid, index)
+        data = self.blocks.get(key)
+        if data is None:
+            start = index << self.blkszbits
+            data = self.image.reader.read(ino, start, self.block_size)
+            if len(data) != min(self.block_size, ino.size - start):
+                raise CorruptImage(f"short directory block {index}", ino.nid)
+            data = self.blocks.put(key, data)
+        return data
+
+    def _check(self, ino: Inode) -> int:
+        if not ino.is_dir:
+            raise NotADirectory(f"nid {ino.nid} is not a directory")
+        return (ino.size + self.block_size - 1) >> self.blkszbits
+
+    def lookup(self, ino: Inode, name: bytes) -> tuple[int, int] | None:
+        """``(nid, file_type)`` of ``name`` in directory ``ino``, or ``None``."""
+        nblocks = self._check(ino)
+        if not name or len(name) > d.NAME_LEN:
+            return None
+        head, back, candidate = 0, nblocks - 1, -1
+        try:
+            while head <= back:
+                mid = (head + back) >> 1
+                block = self.block(ino, mid)
+                diff = _dirents.compare_first(block, len(block), name)
+                if diff == 0:
+                    candidate = mid
+                    break
+                if diff < 0:
+                    back = mid - 1
+                else:
+                    candidate = mid
+                    head = mid + 1
+            if candidate < 0:
+                return None
+            block = self.block(ino, candidate)
+            return _dirents.find(block, len(block), name)
+        except CorruptImage as exc:
+            raise exc.at(ino.nid, "directory lookup") from None
+
+    def entries(self, ino: Inode, start: int = 0, check: bool = False) -> Iterator[DirEntry]:
+        """Dirents from position ``start`` on (including ``.`` and ``..``), in on-disk order."""
+        nblocks = self._check(ino)
+        bits = self.blkszbits
+        first = start >> bits
+        skip = ((start & (self.block_size - 1)) + d.DIRENT.size - 1) // d.DIRENT.size
+        for index in range(first, nblocks):
+            block = self.block(ino, index)
+            try:
+                items = _dirents.entries(block, len(block), check)
+            except CorruptImage as exc:
+                raise exc.at(ino.nid, f"directory block {index}") from None
+            base = index << bits
+            for i in range(skip if index == first else 0, len(items)):
+                name, nid, ftype = items[i]
+                yield DirEntry(name, nid, ftype, base + i * d.DIRENT.size)
