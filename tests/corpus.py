@@ -1,0 +1,47 @@
+"""The shared EROFS image corpus: images made by the newest mkfs.erofs, with kernel manifests."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from functools import cache
+from pathlib import Path
+
+CORPUS = (Path(__file__).resolve().parent.parent.parent / "shared" / "corpus").resolve()
+
+
+@cache
+def index() -> dict:
+    return json.loads((CORPUS / "index.json").read_text())
+
+
+def images() -> list[dict]:
+    """Every image entry of the corpus index."""
+    return index()["images"]
+
+
+def image_names(predicate=lambda entry: True) -> list[str]:
+    return [entry["name"] for entry in images() if predicate(entry)]
+
+
+def entry(name: str) -> dict:
+    return next(e for e in images() if e["name"] == name)
+
+
+@cache
+def manifest(name: str) -> dict:
+    with gzip.open(CORPUS / f"{name}.manifest.json.gz") as f:
+        return json.load(f)
+
+
+def image_path(name: str) -> str:
+    return str(CORPUS / entry(name)["image"])
+
+
+def device_paths(name: str) -> list[str]:
+    return [str(CORPUS / dev) for dev in entry(name)["devices"]]
+
+
+def is_compressed(e: dict) -> bool:
+    """Whether an image stores compressed data (a ``-z`` option or a compressed metabox)."""
+    return any(arg.startswith("-z") or arg.startswith("-m") for arg in e["mkfs_args"])
