@@ -1,0 +1,232 @@
+"""The pyfuse3 adapter: FUSE requests onto a ``Tree``.
+
+This is the edge where library errors become errno values: a typed
+``ErofsError`` becomes its errno (EIO for corruption) and is logged once
+with the inode and reason; any other exception is logged with its
+traceback and answered with EIO, so no request can take the mount down.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from .errors import ErofsError
+from .tree import ROOT_INO, Node, Tree
+
+log = logging.getLogger("erofsfuse")
+
+# The image never changes: let the kernel keep names, attributes and pages.
+CACHE_TIMEOUT = 365 * 24 * 3600.0
+# Reads at least this large, or of compressed files, run in worker threads so
+# that one slow read never stalls lookups elsewhere in the tree.
+THREAD_READ_THRESHOLD = 128 * 1024
+
+
+def _errno_of(exc: BaseException) -> int:
+    return getattr(exc, "errno", None) or errno.EIO
+
+
+def fuse_handler(method: Callable) -> Callable:
+    """Map exceptions to FUSE errors at the edge, and trace requests in debug mode."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def handler(self: ErofsOperations, *args):
+        try:
+            result = await method(self, *args)
+        except pyfuse3.FUSEError as exc:
+            if self.debug:
+                log.debug("%s%r -> %s", name, args, os.strerror(exc.errno))
+            raise
+        except ErofsError as exc:
+            code = _errno_of(exc)
+            self.report(name, args, exc, code)
+            raise pyfuse3.FUSEError(code) from None
+        except Exception as exc:
+            log.exception("unexpected error in %s%r", name, args)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+        if self.debug:
+            log.debug("%s%r -> %s", name, args, _summary(result))
+        return result
+
+    return handler
+
+
+def _summary(result: object) -> str:
+    if isinstance(result, bytes):
+        return f"{len(result)} bytes"
+    if isinstance(result, pyfuse3.EntryAttributes):
+        return f"ino {result.st_ino} mode {result.st_mode:o} size {result.st_size}"
+    return repr(result)
+
+
+class ErofsOperations(pyfuse3.Operations):
+    """Read-only FUSE operations over a tree of EROFS images."""
+
+    supports_dot_lookup = False
+    enable_acl = True  # let the kernel enforce POSIX ACLs as it does for EROFS
+
+    def __init__(self, tree: Tree, *, debug: bool = False, threads: int = 4):
+        super().__init__()
+        self.tree = tree
+        self.debug = debug
+        self.nodes: dict[int, Node] = {ROOT_INO: tree.root}
+        self.lookups: dict[int, int] = {}
+        self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
+        self._reported: set[tuple[int | None, str]] = set()
+        self._limiter = trio.CapacityLimiter(threads)
+
+    # -- bookkeeping -------------------------------------------------------------
+    def report(self, op: str, args: tuple, exc: ErofsError, code: int) -> None:
+        """Log a failed request once per inode and reason (then only in debug mode)."""
+        key = (getattr(exc, "nid", None), str(exc))
+        if key in self._reported:
+            log.debug("%s%r -> %s: %s", op, args, os.strerror(code), exc)
+            return
+        if len(self._reported) < 100_000:
+            self._reported.add(key)
+        level = logging.ERROR if code == errno.EIO else logging.WARNING
+        log.log(level, "%s%r: %s (%s)", op, args, exc, os.strerror(code))
+
+    def _node(self, ino: int) -> Node:
+        node = self.nodes.get(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return node
+
+    def _remember(self, node: Node) -> Node:
+        """Count one kernel reference to ``node`` (a lookup or a readdirplus entry)."""
+        known = self.nodes.setdefault(node.ino, node)
+        self.lookups[node.ino] = self.lookups.get(node.ino, 0) + 1
+        return known
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = self._attrs.get(node.ino)
+        if attrs is not None:
+            return attrs
+        st = self.tree.stat(node)
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node.ino
+        attrs.generation = 0
+        attrs.entry_timeout = CACHE_TIMEOUT
+        attrs.attr_timeout = CACHE_TIMEOUT
+        attrs.st_mode = st.st_mode
+        attrs.st_nlink = st.st_nlink
+        attrs.st_uid = st.st_uid
+        attrs.st_gid = st.st_gid
+        attrs.st_rdev = st.st_rdev
+        attrs.st_size = st.st_size
+        attrs.st_blksize = node.image.sb.block_size
+        attrs.st_blocks = st.st_blocks
+        attrs.st_atime_ns = attrs.st_ctime_ns = attrs.st_mtime_ns = st.st_mtime_ns
+        if node.ino in self.nodes:
+            self._attrs[node.ino] = attrs
+        return attrs
+
+    # -- names -------------------------------------------------------------------
+    @fuse_handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        child = self.tree.lookup(self._node(parent_inode), name)
+        if child is None:
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = CACHE_TIMEOUT
+            return negative
+        return self.attributes(self._remember(child))
+
+    @fuse_handler
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            left = self.lookups.get(ino, 0) - count
+            if left > 0:
+                self.lookups[ino] = left
+                continue
+            self.lookups.pop(ino, None)
+            if ino != ROOT_INO:
+                self.nodes.pop(ino, None)
+                self._attrs.pop(ino, None)
+
+    @fuse_handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.attributes(self._node(inode))
+
+    @fuse_handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.tree.readlink(self._node(inode))
+
+    @fuse_handler
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        return not mode & os.W_OK
+
+    # -- directories ---------------------------------------------------------------
+    @fuse_handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if not stat.S_ISDIR(self._node(inode).inode.mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @fuse_handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        node = self._node(fh)
+        for name, child, next_id in self.tree.entries(node, start_id):
+            if not pyfuse3.readdir_reply(token, name, self.attributes(child), next_id):
+                break
+            if name not in (b".", b".."):
+                self._remember(child)
+
+    @fuse_handler
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    # -- files ---------------------------------------------------------------------
+    @fuse_handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        self._node(inode)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    @fuse_handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        node = self._node(fh)
+        if node.inode.compressed or size >= THREAD_READ_THRESHOLD:
+            return await trio.to_thread.run_sync(self.tree.read, node, off, size, limiter=self._limiter)
+        return self.tree.read(node, off, size)
+
+    @fuse_handler
+    async def release(self, fh: int) -> None:
+        return None
+
+    # -- extended attributes ---------------------------------------------------------
+    @fuse_handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        names = [name for name, _ in self.tree.xattrs(self._node(inode))]
+        if ctx.uid != 0:
+            # the kernel lists trusted.* only to CAP_SYS_ADMIN
+            names = [name for name in names if not name.startswith(b"trusted.")]
+        return names
+
+    @fuse_handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.tree.getxattr(self._node(inode), name)
+
+    # -- filesystem ----------------------------------------------------------------
+    @fuse_handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        fs = self.tree.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = out.f_frsize = fs.block_size
+        out.f_blocks = fs.blocks
+        out.f_bfree = out.f_bavail = 0
+        out.f_files = fs.files
+        out.f_ffree = out.f_favail = fs.files_free
+        out.f_namemax = fs.name_max
+        return out

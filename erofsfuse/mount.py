@@ -1,0 +1,315 @@
+"""The ``erofsfuse`` command: mount an EROFS image (or a stack of them) with FUSE.
+
+Compatible with erofs-utils' erofsfuse::
+
+    erofsfuse [--device=PATH]... [--offset=BYTES] [-f] [-d] [-o OPT[,OPT...]] IMAGE MOUNTPOINT
+
+Without ``-f`` the command returns once the mount is in place and keeps
+serving in the background. Unmounting (``fusermount3 -u``, ``umount``) or
+SIGTERM/SIGINT ends the daemon cleanly. mount(8) runs it through mount.fuse3
+(``mount -t fuse.erofsfuse IMAGE MNT -o device=PATH``), which is why every
+extra device can also be given as ``-o device=PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import logging.handlers
+import os
+import re
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from . import ondisk as d
+from .errors import ErofsError
+from .fuseops import ErofsOperations
+from .tree import Tree, open_tree
+
+log = logging.getLogger("erofsfuse")
+
+# Options libfuse understands and mount(8) passes; anything else is ours or refused.
+FUSE_OPTIONS = {"allow_other", "allow_root", "auto_unmount", "default_permissions", "ro", "dev", "nodev", "suid",
+                "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "norelatime", "strictatime", "async",
+                "sync", "dirsync", "blkdev"}
+FUSE_VALUE_OPTIONS = {"fsname", "subtype", "max_read", "blksize", "context", "fscontext", "defcontext",
+                      "rootcontext", "max_threads"}
+IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail"}
+READ_AHEAD_KB = 1024
+READY = b"ready"
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class MountOptions:
+    """The parsed ``-o`` options: FUSE mount options plus erofsfuse's own."""
+
+    fuse: set[str] = field(default_factory=lambda: {"ro", "default_permissions"})
+    devices: list[str] = field(default_factory=list)
+    offset: int | None = None
+    threads: int = 4
+    cache_mib: int = 64
+    log: str | None = None
+
+
+def parse_options(values: list[str]) -> MountOptions:
+    opts = MountOptions()
+    for value in values:
+        for item in filter(None, value.split(",")):
+            key, eq, arg = item.partition("=")
+            if key in IGNORED_OPTIONS or key.startswith("x-"):
+                continue
+            if key == "device" and eq:
+                opts.devices.append(arg)
+            elif key == "offset" and eq:
+                opts.offset = _integer(key, arg)
+            elif key == "threads" and eq:
+                opts.threads = max(1, _integer(key, arg))
+            elif key == "cache_mib" and eq:
+                opts.cache_mib = max(1, _integer(key, arg))
+            elif key == "log" and eq:
+                opts.log = arg
+            elif key in FUSE_OPTIONS and not eq:
+                opts.fuse.add(key)
+            elif key in FUSE_VALUE_OPTIONS and eq:
+                opts.fuse.add(item)
+            else:
+                raise UsageError(f"unknown mount option '{item}'")
+    return opts
+
+
+def _integer(key: str, text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise UsageError(f"option {key} needs a number, not '{text}'") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="erofsfuse", description="Mount an EROFS image or a stack of images with FUSE.")
+    p.add_argument("--device", action="append", default=[], metavar="PATH",
+                   help="an extra device, in device-table order (repeat as needed)")
+    p.add_argument("--offset", type=lambda s: int(s, 0), default=None, metavar="BYTES",
+                   help="where the image starts inside IMAGE")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f)")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                   help="mount options: allow_other, fsname=, subtype=, device=PATH, offset=N, threads=N, cache_mib=N, "
+                        "log=FILE (where a background daemon logs; default syslog)")
+    p.add_argument("image", metavar="IMAGE", help="EROFS image, or a JSON stack file of layers")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    return p
+
+
+def describe(tree: Tree) -> str:
+    """One line about what is being served: images, devices, features."""
+    parts = []
+    for img in tree.images():
+        sb = img.sb
+        features = d.feature_names(sb.feature_incompat, d.INCOMPAT_NAMES)
+        algs = [d.ALGORITHM_NAMES[a] for a in range(d.COMPRESSION_MAX) if sb.available_algorithms & (1 << a)]
+        devs = [dev.path for dev in img.devices.extras] or (["flat"] if img.devices.flat else [])
+        text = f"{img.path} (block {sb.block_size}"
+        text += f", devices {','.join(devs)}" if devs else ""
+        text += f", features {','.join(features)}" if features else ""
+        text += f", compression {','.join(algs)}" if algs else ""
+        parts.append(text + ")")
+    return "; ".join(parts)
+
+
+def fuse_problem() -> str | None:
+    """Why FUSE cannot work here, when that can be told before trying."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist (is the fuse module loaded?)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        if os.geteuid() == 0:
+            return "/dev/fuse is not accessible"
+        import shutil
+
+        if not shutil.which("fusermount3"):
+            return "/dev/fuse is not accessible to this user and fusermount3 is not installed"
+    return None
+
+
+def raise_read_ahead(mountpoint: str) -> None:
+    """Let the kernel read ahead 1 MiB at a time (root only: it is a sysfs knob).
+
+    Runs once FUSE_INIT has been answered (the kernel resets read-ahead
+    then); ``mountpoint`` must already be resolved, since resolving it
+    stats the mount.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        os.stat(mountpoint)  # returns once the FUSE loop answers, i.e. after INIT
+    except OSError:
+        return
+    device = mount_device(mountpoint)
+    try:
+        if device is None:
+            raise OSError("not in /proc/self/mountinfo")
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as knob:
+            knob.write(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.debug("could not raise read-ahead for %s: %s", mountpoint, exc)
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """The ``major:minor`` of the newest mount at (resolved) ``mountpoint``, read without touching it."""
+    device = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]) == mountpoint:
+                device = fields[2]
+    return device
+
+
+async def serve(ops: ErofsOperations, mountpoint: str) -> bool:
+    """Run the FUSE loop until unmounted; returns True if a signal asked us to stop."""
+    stopped_by_signal = False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(trio.to_thread.run_sync, raise_read_ahead, mountpoint, abandon_on_cancel=True))
+
+        async def watch_signals() -> None:
+            nonlocal stopped_by_signal
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    log.info("received %s, unmounting", signal.Signals(signum).name)
+                    stopped_by_signal = True
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(watch_signals)
+        await pyfuse3.main(min_tasks=2, max_tasks=32)
+        nursery.cancel_scope.cancel()
+    return stopped_by_signal
+
+
+def run(args: argparse.Namespace, opts: MountOptions, ready_fd: int | None) -> int:
+    """Open the image, mount, report readiness on ``ready_fd``, serve until unmounted."""
+
+    def ready(error: str | None = None) -> None:
+        """Tell the waiting parent (or the terminal) whether the mount is live."""
+        if ready_fd is None:
+            if error:
+                print(f"erofsfuse: {error}", file=sys.stderr)
+            return
+        os.write(ready_fd, f"error: {error}".encode() if error else READY)
+        os.close(ready_fd)
+        if not error:
+            detach_logging(opts.log)
+
+    offset = opts.offset if opts.offset is not None else (args.offset or 0)
+    try:
+        tree = open_tree(args.image, args.device + opts.devices, offset, cache_bytes=opts.cache_mib << 20)
+    except (ErofsError, OSError, ValueError) as exc:
+        ready(f"{args.image}: {exc}")
+        return 1
+    fuse_opts = set(opts.fuse)
+    if not any(o.startswith("fsname=") for o in fuse_opts):
+        fuse_opts.add("fsname=" + os.path.abspath(args.image).replace("\\", "\\\\").replace(",", "\\,"))
+    if not any(o.startswith("subtype=") for o in fuse_opts):
+        fuse_opts.add("subtype=erofsfuse")
+    ops = ErofsOperations(tree, debug=args.debug, threads=opts.threads)
+    problem = fuse_problem()
+    if problem:
+        ready(f"cannot mount on {args.mountpoint}: {problem}")
+        return 1
+    mountpoint = os.path.realpath(args.mountpoint)
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_opts)
+    except RuntimeError:
+        ready(f"cannot mount on {args.mountpoint}: FUSE refused the mount (see the message above)")
+        return 1
+    log.info("mounted %s on %s", describe(tree), args.mountpoint)
+    ready()
+    clean = False
+    try:
+        by_signal = trio.run(serve, ops, mountpoint)
+        clean = not by_signal
+    finally:
+        pyfuse3.close(unmount=not clean)
+        tree.close()
+        log.info("unmounted %s", args.mountpoint)
+    return 0
+
+
+def detach_logging(path: str | None) -> None:
+    """A background daemon lets go of the caller's stderr: log to ``path`` or to syslog."""
+    root = logging.getLogger()
+    formatter = logging.Formatter("%(asctime)s erofsfuse[%(process)d] %(levelname)s %(message)s")
+    handler: logging.Handler | None = None
+    if path:
+        handler = logging.FileHandler(path)
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+        formatter = logging.Formatter("erofsfuse[%(process)d]: %(levelname)s %(message)s")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    if handler is not None:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def daemonize() -> int:
+    """Fork; the parent waits until the child reports the mount is live, then exits."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        chunks = []
+        while chunk := os.read(read_fd, 4096):
+            chunks.append(chunk)
+        message = b"".join(chunks)
+        if message == READY:
+            os._exit(0)
+        if not message:
+            _, status = os.waitpid(pid, 0)
+            message = f"error: the daemon exited before mounting (status {status})".encode()
+        print(f"erofsfuse: {message.decode(errors='replace').removeprefix('error: ')}", file=sys.stderr)
+        os._exit(1)
+    os.close(read_fd)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    return write_fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        opts = parse_options(args.options)
+    except UsageError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="erofsfuse[%(process)d] %(levelname)s %(message)s", stream=sys.stderr)
+    if not os.path.isdir(args.mountpoint):
+        print(f"erofsfuse: mountpoint {args.mountpoint} is not a directory", file=sys.stderr)
+        return 1
+    ready_fd = None if args.foreground or args.debug else daemonize()
+    if ready_fd is None:
+        return run(args, opts, None)
+    try:
+        return run(args, opts, ready_fd)
+    except BaseException:
+        log.exception("erofsfuse daemon failed")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Several images served as one tree with overlayfs semantics (read-only lower layers).
+
+Rules, as the kernel's overlayfs applies them to a stack of lower layers:
+
+* a name is looked up from the top layer down; a whiteout (0:0 character
+  device) ends the search with "not found", a non-directory ends it with
+  that file, a directory is merged with the same-named directories below
+  until one of them is opaque (``trusted.overlay.opaque`` or
+  ``user.overlay.opaque`` set to ``y``) or a lower layer has a non-directory;
+* a merged directory lists every name once, from its topmost layer, hides
+  whiteouts, and orders entries like overlayfs: the lowest layer's entries
+  first, then the upper layers' in top-down order; it reports nlink 1;
+* overlay private xattrs (``trusted.overlay.*``, ``user.overlay.*``) are
+  never shown.
+
+The stack file is JSON: ``{"layers": [{"image": PATH, "devices": [PATH, ...]}, ...]}``,
+bottom layer first; relative paths are relative to the stack file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import replace
+
+from .cache import SizedLRU
+from .errors import ErofsError, NoSuchAttribute
+from .image import ErofsImage, StatResult
+from .inode import Inode
+from .tree import LAYER_SHIFT, ROOT_INO, FsStats, Node, Tree, image_stats
+
+PRIVATE_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
+
+
+class StackFileError(ErofsError):
+    """The stack file is missing, not JSON, or does not describe layers."""
+
+
+def is_stack_file(path: str) -> bool:
+    """A stack file is JSON text; an EROFS image starts with a binary boot area."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{")
+
+
+def load_stack_file(path: str, **cache) -> list[ErofsImage]:
+    """Open the layers a stack file names, bottom first."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise StackFileError(f"cannot read stack file {path}: {exc}") from None
+    layers = spec.get("layers") if isinstance(spec, dict) else None
+    if not isinstance(layers, list) or not layers:
+        raise StackFileError(f"{path}: expected {{\"layers\": [{{\"image\": ...}}, ...]}} with at least one layer")
+    base = os.path.dirname(os.path.abspath(path))
+    images: list[ErofsImage] = []
+    try:
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, dict) or not isinstance(layer.get("image"), str):
+                raise StackFileError(f"{path}: layer {i} has no \"image\" path")
+            devices = layer.get("devices", [])
+            if not isinstance(devices, list) or not all(isinstance(p, str) for p in devices):
+                raise StackFileError(f"{path}: layer {i}: \"devices\" must be a list of paths")
+            offset = layer.get("offset", 0)
+            images.append(ErofsImage(
+                os.path.join(base, layer["image"]), [os.path.join(base, p) for p in devices], int(offset), **cache
+            ))
+    except BaseException:
+        for img in images:
+            img.close()
+        raise
+    return images
+
+
+def is_whiteout(ino: Inode) -> bool:
+    return stat.S_ISCHR(ino.mode) and ino.rdev == 0
+
+
+class StackTree(Tree):
+    """Layers (bottom first) merged into one read-only tree."""
+
+    def __init__(self, layers: list[ErofsImage]):
+        self.layers = layers
+        self._index = {id(img): i for i, img in enumerate(layers)}
+        self._opaque: dict[tuple[int, int], bool] = {}
+        self._listings: SizedLRU[list[tuple[bytes, ErofsImage, int]]] = SizedLRU(1 << 20)
+        parts = tuple((img, img.root) for img in reversed(layers))
+        self.root = Node(ROOT_INO, parts)
+
+    def images(self) -> list[ErofsImage]:
+        return list(self.layers)
+
+    # -- identity ------------------------------------------------------------
+    def _node(self, parts: tuple[tuple[ErofsImage, Inode], ...]) -> Node:
+        img, ino = parts[0]
+        layer = self._index[id(img)]
+        return Node((layer << LAYER_SHIFT) + ino.nid + 2, parts)
+
+    def _is_opaque(self, img: ErofsImage, ino: Inode) -> bool:
+        key = (id(img), ino.nid)
+        opaque = self._opaque.get(key)
+        if opaque is None:
+            opaque = any(name in OPAQUE_XATTRS and value == b"y" for name, value in img.xattrs.items(ino))
+            self._opaque[key] = opaque
+        return opaque
+
+    # -- lookup ----------------------------------------------------------------
+    def lookup(self, parent: Node, name: bytes) -> Node | None:
+        if name in (b".", b".."):
+            return None
+        found: list[tuple[ErofsImage, Inode]] = []
+        for img, dir_ino in parent.parts:
+            child = img.lookup(dir_ino, name)
+            if child is None:
+                continue
+            if is_whiteout(child):
+                break
+            if not child.is_dir:
+                if not found:
+                    found.append((img, child))
+                break
+            found.append((img, child))
+            if self._is_opaque(img, child):
+                break
+        return self._node(tuple(found)) if found else None
+
+    def _merged_names(self, node: Node) -> list[tuple[bytes, ErofsImage, int]]:
+        """Names of a directory with the layer that provides each, in overlayfs order (whiteouts included)."""
+        cached = self._listings.get(node.ino)
+        if cached is not None:
+            return cached
+        seen: set[bytes] = set()
+        upper: list[tuple[bytes, ErofsImage, int]] = []
+        lowest: list[tuple[bytes, ErofsImage, int]] = []
+        last = len(node.parts) - 1
+        for depth, (img, dir_ino) in enumerate(node.parts):
+            out = lowest if depth == last else upper
+            for entry in img.entries(dir_ino):
+                if entry.name not in seen:
+                    seen.add(entry.name)
+                    out.append((entry.name, img, entry.nid))
+        return self._listings.put(node.ino, lowest + upper)
+
+    def entries(self, node: Node, start: int) -> Iterator[tuple[bytes, Node, int]]:
+        # Positions: 1 and 2 are "." and ".."; name k of the merged list is k + 3.
+        if start < 1:
+            yield b".", node, 1
+        if start < 2:
+            yield b"..", node, 2
+        names = self._merged_names(node)
+        for pos in range(max(start - 2, 0), len(names)):
+            name = names[pos][0]
+            child = self.lookup(node, name)
+            if child is not None:
+                yield name, child, pos + 3
+
+    # -- attributes --------------------------------------------------------------
+    def stat(self, node: Node) -> StatResult:
+        img, ino = node.parts[0]
+        st = replace(img.stat(ino), st_ino=node.ino)
+        if len(node.parts) > 1:
+            st = replace(st, st_nlink=1)
+        return st
+
+    def xattrs(self, node: Node) -> list[tuple[bytes, bytes]]:
+        return [(n, v) for n, v in super().xattrs(node) if not n.startswith(PRIVATE_XATTR_PREFIXES)]
+
+    def getxattr(self, node: Node, name: bytes) -> bytes:
+        if name.startswith(PRIVATE_XATTR_PREFIXES):
+            raise NoSuchAttribute(name.decode("utf-8", "surrogateescape"))
+        return super().getxattr(node, name)
+
+    def statfs(self) -> FsStats:
+        # overlayfs reports the statistics of its topmost layer
+        return image_stats(self.layers[-1])

@@ -1,0 +1,143 @@
+"""The tree a FUSE mount serves: one image as it is, behind a small interface.
+
+``Tree`` is what the FUSE adapter talks to; ``ImageTree`` shows a single
+image exactly as the kernel's EROFS driver does, and ``stack.StackTree``
+merges several images with overlayfs semantics behind the same interface.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from . import ondisk as d
+from .image import ErofsImage, StatResult
+from .inode import Inode
+
+ROOT_INO = 1
+LAYER_SHIFT = 52  # stacks put the layer index above the nid in inode numbers
+
+
+@dataclass(frozen=True)
+class FsStats:
+    block_size: int
+    blocks: int
+    files: int
+    files_free: int
+    name_max: int = d.NAME_LEN
+
+
+class Node:
+    """A file or directory of the served tree.
+
+    ``parts`` holds (image, inode) pairs, topmost first: one for plain files
+    and single images, several for directories merged across layers.
+    """
+
+    __slots__ = ("ino", "parts")
+
+    def __init__(self, ino: int, parts: tuple[tuple[ErofsImage, Inode], ...]):
+        self.ino = ino
+        self.parts = parts
+
+    @property
+    def image(self) -> ErofsImage:
+        return self.parts[0][0]
+
+    @property
+    def inode(self) -> Inode:
+        return self.parts[0][1]
+
+    def __repr__(self) -> str:
+        return f"<Node ino={self.ino} {self.parts[0][1]!r} layers={len(self.parts)}>"
+
+
+class Tree:
+    """Operations a FUSE mount needs; inode numbers are stable and derived from the images."""
+
+    root: Node
+
+    def lookup(self, parent: Node, name: bytes) -> Node | None:
+        raise NotImplementedError
+
+    def entries(self, node: Node, start: int) -> Iterator[tuple[bytes, Node, int]]:
+        """Children from listing position ``start``: (name, node, position after it)."""
+        raise NotImplementedError
+
+    def stat(self, node: Node) -> StatResult:
+        img, ino = node.parts[0]
+        return replace(img.stat(ino), st_ino=node.ino)
+
+    def read(self, node: Node, offset: int, size: int) -> bytes:
+        return node.image.read(node.inode, offset, size)
+
+    def readlink(self, node: Node) -> bytes:
+        return node.image.readlink(node.inode)
+
+    def xattrs(self, node: Node) -> list[tuple[bytes, bytes]]:
+        return node.image.xattrs.items(node.inode)
+
+    def getxattr(self, node: Node, name: bytes) -> bytes:
+        return node.image.getxattr(node.inode, name)
+
+    def statfs(self) -> FsStats:
+        raise NotImplementedError
+
+    def images(self) -> list[ErofsImage]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for img in self.images():
+            img.close()
+
+
+def image_stats(img: ErofsImage) -> FsStats:
+    """statfs as the kernel reports it: all blocks used, inode count from the superblock."""
+    blocks = img.sb.primary_blocks + sum(slot.blocks for slot in img.devices.slots)
+    files = (1 << 64) - 1
+    return FsStats(img.sb.block_size, blocks, files, files - img.sb.inos)
+
+
+class ImageTree(Tree):
+    """A single image, shown exactly as the kernel shows it (whiteouts included)."""
+
+    def __init__(self, image: ErofsImage):
+        self.image = image
+        self.root = Node(ROOT_INO, ((image, image.root),))
+
+    def images(self) -> list[ErofsImage]:
+        return [self.image]
+
+    def node(self, nid: int) -> Node:
+        img = self.image
+        if nid == img.root_nid:
+            return self.root
+        return Node(nid + 2, ((img, img.inode(nid)),))
+
+    def lookup(self, parent: Node, name: bytes) -> Node | None:
+        found = self.image.dirs.lookup(parent.inode, name)
+        return None if found is None else self.node(found[0])
+
+    def entries(self, node: Node, start: int) -> Iterator[tuple[bytes, Node, int]]:
+        # Position p of a dirent is reported as p + 2; 1 is a "." the image omits.
+        ino = node.inode
+        if start == 0 and ino.dot_omitted:
+            yield b".", node, 1
+        for entry in self.image.dirs.entries(ino, max(start - 1, 0)):
+            child = node if entry.name == b"." else self.node(entry.nid)
+            yield entry.name, child, entry.offset + 2
+
+    def statfs(self) -> FsStats:
+        return image_stats(self.image)
+
+
+def open_tree(source: str, devices: list[str] = (), offset: int = 0, **cache) -> Tree:
+    """An ``ImageTree`` for an image, or a ``StackTree`` for a stack file (JSON)."""
+    from .stack import StackTree, is_stack_file, load_stack_file
+
+    if is_stack_file(source):
+        if devices or offset:
+            raise ValueError("--device and --offset belong in the stack file's layers")
+        return StackTree(load_stack_file(source, **cache))
+    return ImageTree(ErofsImage(os.fspath(source), list(devices), offset, **cache))
