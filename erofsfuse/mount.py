@@ -20,6 +20,7 @@ import logging.handlers
 import os
 import re
 import signal
+import stat
 import sys
 from dataclasses import dataclass, field
 
@@ -130,12 +131,8 @@ def fuse_problem() -> str | None:
     if not os.path.exists("/dev/fuse"):
         return "/dev/fuse does not exist (is the fuse module loaded?)"
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        if os.geteuid() == 0:
-            return "/dev/fuse is not accessible"
-        import shutil
-
-        if not shutil.which("fusermount3"):
-            return "/dev/fuse is not accessible to this user and fusermount3 is not installed"
+        mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+        return f"/dev/fuse (mode {mode:04o}) is not open to this user; it needs mode 0666 for unprivileged mounts"
     return None
 
 

@@ -8,10 +8,11 @@ Rules, as the kernel's overlayfs applies them to a stack of lower layers:
   until one of them is opaque (``trusted.overlay.opaque`` or
   ``user.overlay.opaque`` set to ``y``) or a lower layer has a non-directory;
 * a merged directory lists every name once, from its topmost layer, hides
-  whiteouts, and orders entries like overlayfs: the lowest layer's entries
-  first, then the upper layers' in top-down order; it reports nlink 1;
+  whiteouts, and orders entries like overlayfs: the names in the lowest
+  layer first, then the rest in top-down layer order; it reports nlink 1;
 * overlay private xattrs (``trusted.overlay.*``, ``user.overlay.*``) are
-  never shown.
+  never shown. Redirect and metacopy xattrs, which container layers do not
+  use, are not interpreted: such files are served as stored.
 
 The stack file is JSON: ``{"layers": [{"image": PATH, "devices": [PATH, ...]}, ...]}``,
 bottom layer first; relative paths are relative to the stack file.
@@ -132,21 +133,28 @@ class StackTree(Tree):
         return self._node(tuple(found)) if found else None
 
     def _merged_names(self, node: Node) -> list[tuple[bytes, ErofsImage, int]]:
-        """Names of a directory with the layer that provides each, in overlayfs order (whiteouts included)."""
+        """Names of a directory with the layer that provides each, in overlayfs order (whiteouts included).
+
+        Like overlayfs, every name the lowest layer has comes first in that
+        layer's order, then the other names in top-down layer order; each
+        name is provided by its topmost layer.
+        """
         cached = self._listings.get(node.ino)
         if cached is not None:
             return cached
-        seen: set[bytes] = set()
-        upper: list[tuple[bytes, ErofsImage, int]] = []
-        lowest: list[tuple[bytes, ErofsImage, int]] = []
-        last = len(node.parts) - 1
-        for depth, (img, dir_ino) in enumerate(node.parts):
-            out = lowest if depth == last else upper
+        provider: dict[bytes, tuple[ErofsImage, int]] = {}
+        for img, dir_ino in node.parts[:-1]:
             for entry in img.entries(dir_ino):
-                if entry.name not in seen:
-                    seen.add(entry.name)
-                    out.append((entry.name, img, entry.nid))
-        return self._listings.put(node.ino, lowest + upper)
+                provider.setdefault(entry.name, (img, entry.nid))
+        upper_order = list(provider)
+        img, dir_ino = node.parts[-1]
+        lowest_order = []
+        for entry in img.entries(dir_ino):
+            provider.setdefault(entry.name, (img, entry.nid))
+            lowest_order.append(entry.name)
+        in_lowest = set(lowest_order)
+        order = lowest_order + [name for name in upper_order if name not in in_lowest]
+        return self._listings.put(node.ino, [(name, *provider[name]) for name in order])
 
     def entries(self, node: Node, start: int) -> Iterator[tuple[bytes, Node, int]]:
         # Positions: 1 and 2 are "." and ".."; name k of the merged list is k + 3.

@@ -7,7 +7,7 @@ import pytest
 from erofsfuse.image import ErofsImage
 
 from . import corpus
-from .trees import diff_trees, describe_image
+from .trees import describe_image, diff_trees
 
 
 @pytest.mark.parametrize("name", corpus.image_names())

@@ -45,14 +45,32 @@ def _xattrs(path: str) -> dict[str, str]:
     return {name: os.getxattr(path, name, follow_symlinks=False).hex() for name in sorted(names)}
 
 
-def describe_path(root: str, *, content: bool = True) -> dict[str, dict]:
-    """Manifest-style entries for the tree at ``root``, children in readdir order."""
+def describe_path(root: str, *, content: bool = True, xattrs: bool = True, denied_ok: bool = False) -> dict[str, dict]:
+    """Manifest-style entries for the tree at ``root``, children in readdir order.
+
+    With ``denied_ok``, what the caller may not read is left as None (for
+    views taken as an unprivileged user).
+    """
     out: dict[str, dict] = {}
 
+    def attempt(func, *args):
+        try:
+            return func(*args)
+        except PermissionError:
+            if denied_ok:
+                return None
+            raise
+
     def visit(rel: str, path: str) -> None:
-        st = os.lstat(path)
+        try:
+            st = os.lstat(path)
+        except PermissionError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+            out[rel] = {"error": "EPERM"}  # overlayfs refuses some lower files outright
+            return
         kind = TYPES[stat.S_IFMT(st.st_mode)]
-        children = os.listdir(path) if kind == "dir" else None
+        children = attempt(os.listdir, path) if kind == "dir" else None
         out[rel] = {
             "type": kind,
             "mode": stat.S_IMODE(st.st_mode),
@@ -60,14 +78,14 @@ def describe_path(root: str, *, content: bool = True) -> dict[str, dict]:
             "gid": st.st_gid,
             "size": st.st_size,
             "nlink": st.st_nlink,
-            "ino": st.st_ino,
+            "ino": f"{st.st_dev}:{st.st_ino}",  # only its grouping of hard links is compared
             "blocks": st.st_blocks,
             "rdev": {"major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev)}
             if kind in ("chardev", "blockdev") else None,
             "mtime_ns": st.st_mtime_ns,
             "target": os.readlink(path) if kind == "symlink" else None,
-            "xattrs": _xattrs(path),
-            "sha256": _sha256_file(path) if kind == "file" and content else None,
+            "xattrs": _xattrs(path) if xattrs else None,
+            "sha256": attempt(_sha256_file, path) if kind == "file" and content else None,
             "entries": children,
         }
         for name in children or ():
@@ -111,7 +129,7 @@ def describe_image(img: ErofsImage) -> dict[str, dict]:
 def _link_groups(tree: dict[str, dict]) -> dict[str, frozenset[str]]:
     by_ino: dict[int, set[str]] = {}
     for path, e in tree.items():
-        if e["type"] != "dir":
+        if e.get("type", "dir") != "dir":
             by_ino.setdefault(e["ino"], set()).add(path)
     return {path: frozenset(group) for group in by_ino.values() for path in group}
 
@@ -128,6 +146,10 @@ def diff_trees(expected: dict[str, dict], actual: dict[str, dict], keys=ALL_KEYS
     groups_a = _link_groups(actual) if "ino" in keys else {}
     for path in sorted(set(expected) & set(actual)):
         e, a = expected[path], actual[path]
+        if "error" in e or "error" in a:
+            if e.get("error") != a.get("error"):
+                problems.append(f"{path}: {e.get('error', 'readable')} != {a.get('error', 'readable')}")
+            continue
         for key in keys:
             if key == "ino":
                 if groups_e.get(path) != groups_a.get(path):

@@ -1,0 +1,80 @@
+"""Mounting with the ``erofsfuse`` command from tests, and finding its daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ERofsFUSE = [sys.executable, "-m", "erofsfuse.mount"]
+
+
+def erofsfuse_command(image: str, mountpoint: str, devices=(), options=()) -> list[str]:
+    cmd = [*ERofsFUSE, *(f"--device={d}" for d in devices)]
+    if options:
+        cmd += ["-o", ",".join(options)]
+    return [*cmd, image, mountpoint]
+
+
+def is_mounted(mountpoint: str) -> bool:
+    target = os.path.realpath(mountpoint)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f)
+
+
+def daemon_pids(mountpoint: str) -> list[int]:
+    """Processes whose command line names ``mountpoint`` (the erofsfuse daemon)."""
+    pids = []
+    needle = os.path.realpath(mountpoint).encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"erofsfuse.mount" in b" ".join(args) and any(os.path.realpath(a) == needle for a in args if a):
+                pids.append(int(entry))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; an exited process waiting to be reaped counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_alive(pid) for pid in pids):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def unmount(mountpoint: str) -> None:
+    pids = daemon_pids(mountpoint)
+    subprocess.run(["fusermount3", "-u", mountpoint], check=False, capture_output=True)
+    if is_mounted(mountpoint):
+        subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
+    wait_gone(pids)
+
+
+@contextlib.contextmanager
+def fuse_mount(image: str, devices=(), options=(), mountpoint: str | None = None):
+    """Mount ``image`` with erofsfuse (background mode); yields the mountpoint."""
+    with contextlib.ExitStack() as stack:
+        mnt = mountpoint or stack.enter_context(tempfile.TemporaryDirectory(prefix="efuse-"))
+        subprocess.run(erofsfuse_command(image, mnt, devices, options), check=True, timeout=60,
+                       capture_output=True)
+        try:
+            yield mnt
+        finally:
+            unmount(mnt)

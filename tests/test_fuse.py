@@ -1,0 +1,268 @@
+"""erofsfuse mounts show exactly what the kernel shows: corpus manifests, kernel mounts and overlays."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from . import corpus
+from .fusemount import daemon_pids, erofsfuse_command, fuse_mount, is_mounted, unmount, wait_gone
+from .kernel import erofs_mount, overlay_mount
+from .trees import describe_path, diff_trees
+
+REPO = str(Path(__file__).resolve().parent.parent)
+SAMPLE = ["plain", "lz4hc-C32k-ztail-frag-dedupe", "zstd-b2048-ztail", "tar-index", "fsmeta-flat", "metabox-lz4hc"]
+
+
+def sha256_of(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@pytest.mark.parametrize("name", corpus.image_names())
+def test_corpus_image_through_fuse(name):
+    m = corpus.manifest(name)
+    with fuse_mount(corpus.image_path(name), corpus.device_paths(name)) as mnt:
+        problems = diff_trees(m["entries"], describe_path(mnt))
+        vfs = os.statvfs(mnt)
+    assert not problems, "\n".join(problems)
+    fs = m["statfs"]
+    ours = (vfs.f_bsize, vfs.f_frsize, vfs.f_blocks, vfs.f_bfree, vfs.f_bavail, vfs.f_files, vfs.f_ffree, vfs.f_namemax)
+    kernel = (fs["bsize"], fs["frsize"], fs["blocks"], fs["bfree"], fs["bavail"], fs["files"], fs["ffree"], fs["namemax"])
+    assert [v % (1 << 64) for v in ours] == list(kernel)  # os.statvfs shows the u64 counters as signed
+
+
+def _stack_file(tmp_path: Path, names: list[str]) -> str:
+    layers = [{"image": corpus.image_path(n), "devices": corpus.device_paths(n)} for n in names]
+    path = tmp_path / "stack.json"
+    path.write_text(json.dumps({"layers": layers, "comment": "bottom layer first"}))
+    return str(path)
+
+
+@pytest.mark.parametrize("names", [["layer1", "layer2", "layer3"], ["tlayer1", "tlayer2", "tlayer3"],
+                                   ["layer1", "layer3"], ["incremental", "layer1", "tlayer2", "layer3"]])
+def test_stack_equals_kernel_overlay(tmp_path, names):
+    with fuse_mount(_stack_file(tmp_path, names)) as mnt:
+        ours = describe_path(mnt)
+    with __import__("contextlib").ExitStack() as stack:
+        lowers = [stack.enter_context(erofs_mount(corpus.image_path(n), corpus.device_paths(n))) for n in names]
+        kernel = describe_path(stack.enter_context(overlay_mount(lowers)))
+    problems = diff_trees(kernel, ours)
+    assert not problems, "\n".join(problems)
+
+
+def test_stack_with_one_layer_hides_whiteouts_unlike_the_plain_image(tmp_path):
+    """A layer with whiteouts shows them as an image, and hides them as a stack (as overlayfs does)."""
+    with fuse_mount(corpus.image_path("layer2")) as mnt:
+        plain = describe_path(mnt)
+    with fuse_mount(_stack_file(tmp_path, ["layer2"])) as mnt:
+        stacked = describe_path(mnt)
+    whiteouts = [p for p, e in plain.items() if e["type"] == "chardev" and e["rdev"] == {"major": 0, "minor": 0}]
+    assert whiteouts, "layer2 is expected to carry whiteouts"
+    assert not set(whiteouts) & set(stacked)
+    assert all(not k.startswith("trusted.overlay.") for e in stacked.values() for k in e["xattrs"])
+    # overlayfs needs two lower layers: an empty directory below changes nothing but the root's nlink
+    with (tempfile.TemporaryDirectory() as empty, erofs_mount(corpus.image_path("layer2")) as lower,
+          overlay_mount([empty, lower]) as ovl):
+        kernel = describe_path(ovl)
+    kernel["/"]["nlink"] = stacked["/"]["nlink"]
+    assert not diff_trees(kernel, stacked)
+
+
+def test_killed_daemon_leaves_enotconn_and_fusermount_cleans_up():
+    with tempfile.TemporaryDirectory() as mnt:
+        subprocess.run(erofsfuse_command(corpus.image_path("plain"), mnt), check=True, timeout=60)
+        pids = daemon_pids(mnt)
+        assert len(pids) == 1
+        os.kill(pids[0], signal.SIGKILL)
+        assert wait_gone(pids)
+        with pytest.raises(OSError) as info:
+            os.listdir(mnt)
+        assert info.value.errno == errno.ENOTCONN
+        subprocess.run(["fusermount3", "-u", mnt], check=True)
+        assert not is_mounted(mnt)
+        assert os.listdir(mnt) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_cleanly(sig):
+    with tempfile.TemporaryDirectory() as mnt:
+        subprocess.run(erofsfuse_command(corpus.image_path("lz4"), mnt), check=True, timeout=60)
+        assert os.listdir(mnt)
+        pids = daemon_pids(mnt)
+        os.kill(pids[0], sig)
+        assert wait_gone(pids)
+        assert not is_mounted(mnt)
+
+
+def test_fifty_concurrent_readers_get_correct_data():
+    name = "zstd-C256k-big"
+    m = corpus.manifest(name)
+    files = [(p, e["sha256"]) for p, e in m["entries"].items() if e["type"] == "file" and e["size"] > 0]
+    rng = random.Random(7)
+    work = [rng.choice(files) for _ in range(400)]
+    with fuse_mount(corpus.image_path(name)) as mnt, concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(lambda item: sha256_of(mnt + item[0]) == item[1], work))
+    assert all(results)
+
+
+def test_mount_helper_forms(tmp_path):
+    """``mount -t fuse.erofsfuse`` and ``mount.fuse3 ... -t erofsfuse`` both reach erofsfuse."""
+    name = "blobdev"
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + ":" + os.environ["PATH"])
+    expected = corpus.manifest(name)["entries"]
+    for cmd in (["mount", "-t", "fuse.erofsfuse", corpus.image_path(name), str(tmp_path),
+                 "-o", f"device={corpus.device_paths(name)[0]}"],
+                ["mount.fuse3", corpus.image_path(name), str(tmp_path), "-t", "erofsfuse",
+                 "-o", f"device={corpus.device_paths(name)[0]},allow_other"]):
+        if cmd[0] == "mount" and not os.path.exists("/usr/local/bin/erofsfuse"):
+            pytest.skip("mount(8) needs erofsfuse on its fixed PATH (.ci/install links it into /usr/local/bin)")
+        subprocess.run(cmd, check=True, timeout=60, env=env, capture_output=True)
+        try:
+            assert not diff_trees(expected, describe_path(str(tmp_path)))
+        finally:
+            unmount(str(tmp_path))
+
+
+def test_bad_image_gives_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.erofs"
+    bad.write_bytes(b"\0" * 8192)
+    proc = subprocess.run(erofsfuse_command(str(bad), str(tmp_path)), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "bad magic" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_fuse_unavailable_is_reported_clearly(tmp_path):
+    """Without /dev/fuse (an empty /dev in a private mount namespace) the error is one line."""
+    script = f"mount -t tmpfs none /dev && exec {' '.join(erofsfuse_command(corpus.image_path('plain'), str(tmp_path)))}"
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "/dev/fuse does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _corrupt_one_file(src: str, dst: Path) -> tuple[str, int]:
+    """Copy ``src`` and break the first pcluster of its largest compressed file; returns (path, nid)."""
+    from erofsfuse import _zmap
+    from erofsfuse.image import ErofsImage
+
+    data = bytearray(Path(src).read_bytes())
+    with ErofsImage(src) as img:
+        path, ino = max(((p, i) for p, i in img.walk() if i.is_reg and i.compressed), key=lambda pi: pi[1].size)
+        la, llen, pa, plen, alg, flags = img.reader.compressed_map(ino).map(0)
+        assert flags & _zmap.MAPPED and not flags & _zmap.INLINE
+        data[pa : pa + plen] = bytes(range(256)) * (plen // 256)
+    dst.write_bytes(bytes(data))
+    return os.fsdecode(path), ino.nid
+
+
+def test_corrupt_file_gives_eio_and_the_daemon_keeps_serving(tmp_path):
+    name = "lz4hc-C1M-big"
+    bad_path, nid = _corrupt_one_file(corpus.image_path(name), tmp_path / "bad.erofs")
+    log = tmp_path / "daemon.log"
+    m = corpus.manifest(name)
+    with fuse_mount(str(tmp_path / "bad.erofs"), options=[f"log={log}"]) as mnt:
+        for _ in range(2):
+            with pytest.raises(OSError) as info:
+                sha256_of(mnt + bad_path)
+            assert info.value.errno == errno.EIO
+        good = [(p, e) for p, e in m["entries"].items() if e["type"] == "file" and p != bad_path]
+        for p, e in good[:200]:
+            if e["sha256"] != m["entries"][bad_path]["sha256"]:
+                assert sha256_of(mnt + p) == e["sha256"]
+        assert sorted(os.listdir(mnt)) == sorted(m["entries"]["/"]["entries"])
+        assert daemon_pids(mnt)
+    text = log.read_text()
+    assert f"nid {nid}" in text and "ERROR" in text
+    assert text.count(f"nid {nid}") <= 2, "a repeated failure is logged once at error level"
+
+
+def _run_describe(prefix: list[str], image: str, devices: list[str], mnt: str) -> dict:
+    """Mount, describe and unmount inside another context (a user namespace, another user)."""
+    code = (
+        "import json, subprocess, sys\n"
+        f"sys.path.insert(0, {REPO!r})\n"
+        "from tests.trees import describe_path\n"
+        "from tests.fusemount import erofsfuse_command\n"
+        f"subprocess.run(erofsfuse_command({image!r}, {mnt!r}, {devices!r}), check=True)\n"
+        "try:\n"
+        f"    print(json.dumps(describe_path({mnt!r}, xattrs=False, denied_ok=True)))\n"
+        "finally:\n"
+        f"    subprocess.run(['fusermount3', '-u', {mnt!r}], check=True)\n"
+    )
+    proc = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _expected_in_namespace(entries: dict, mapped_uid: int, mapped_gid: int) -> dict:
+    overflow_uid = int(Path("/proc/sys/kernel/overflowuid").read_text())
+    overflow_gid = int(Path("/proc/sys/kernel/overflowgid").read_text())
+    out = {}
+    for path, e in entries.items():
+        e = dict(e, xattrs=None)
+        e["uid"] = 0 if e["uid"] == mapped_uid else overflow_uid
+        e["gid"] = 0 if e["gid"] == mapped_gid else overflow_gid
+        out[path] = e
+    return out
+
+
+@pytest.mark.parametrize("name", SAMPLE)
+def test_rootless_in_user_namespace(tmp_path, name):
+    """As root of ``unshare -Urm`` (where kernel EROFS never mounts): names, content, mapped owners."""
+    got = _run_describe(["unshare", "-Urm"], corpus.image_path(name), corpus.device_paths(name), str(tmp_path))
+    expected = _expected_in_namespace(corpus.manifest(name)["entries"], os.getuid(), os.getgid())
+    keys = ("type", "mode", "uid", "gid", "size", "nlink", "ino", "mtime_ns", "target", "sha256", "entries", "rdev")
+    problems = diff_trees(expected, got, keys)
+    assert not problems, "\n".join(problems)
+
+
+def test_unprivileged_user_mount():
+    """A plain user mounts through fusermount3; nothing of root's is needed but read access."""
+    if sys.executable.startswith("/root/"):
+        pytest.skip("the test interpreter is not usable by other users (.ci/install builds one that is)")
+    nobody = 65534
+    with tempfile.TemporaryDirectory(prefix="efuse-user-") as base:
+        os.chmod(base, 0o755)
+        mnt = Path(base) / "mnt"
+        mnt.mkdir()
+        os.chown(mnt, nobody, nobody)
+        as_nobody = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
+        mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+        os.chmod("/dev/fuse", 0o600)
+        try:
+            proc = subprocess.run([*as_nobody, *erofsfuse_command(corpus.image_path("plain"), str(mnt))],
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 1
+            assert proc.stderr.count("\n") == 1 and "/dev/fuse (mode 0600) is not open to this user" in proc.stderr
+            os.chmod("/dev/fuse", 0o666)
+            _check_unprivileged_mount(as_nobody, mnt)
+        finally:
+            os.chmod("/dev/fuse", mode)
+
+
+def _check_unprivileged_mount(as_user: list[str], mnt: Path) -> None:
+    name = "lz4hc-C64k-ztailpacking"
+    got = _run_describe(as_user, corpus.image_path(name), [], str(mnt))
+    expected = corpus.manifest(name)["entries"]
+    assert not is_mounted(str(mnt))
+    assert len(got) > 0.9 * len(expected), "most of the tree is readable by anyone"
+    for path, g in got.items():
+        e = expected[path]
+        assert {k: g[k] for k in ("type", "mode", "uid", "gid", "size", "nlink", "mtime_ns", "target")} == {
+            k: e[k] for k in ("type", "mode", "uid", "gid", "size", "nlink", "mtime_ns", "target")}, path
+        for key in ("sha256", "entries"):
+            assert g[key] is None or g[key] == e[key], (path, key)
+    assert sum(1 for g in got.values() if g["sha256"]) > 0.9 * sum(1 for e in expected.values() if e["sha256"])
