@@ -39,9 +39,9 @@ def test_corpus_image_through_fuse(name):
         vfs = os.statvfs(mnt)
     assert not problems, "\n".join(problems)
     fs = m["statfs"]
-    ours = (vfs.f_bsize, vfs.f_frsize, vfs.f_blocks, vfs.f_bfree, vfs.f_bavail, vfs.f_files, vfs.f_ffree, vfs.f_namemax)
-    kernel = (fs["bsize"], fs["frsize"], fs["blocks"], fs["bfree"], fs["bavail"], fs["files"], fs["ffree"], fs["namemax"])
-    assert [v % (1 << 64) for v in ours] == list(kernel)  # os.statvfs shows the u64 counters as signed
+    fields = ("bsize", "frsize", "blocks", "bfree", "bavail", "files", "ffree", "namemax")
+    ours = [getattr(vfs, f"f_{field}") % (1 << 64) for field in fields]  # os.statvfs shows u64 counters as signed
+    assert ours == [fs[field] for field in fields]
 
 
 def _stack_file(tmp_path: Path, names: list[str]) -> str:
@@ -147,7 +147,8 @@ def test_bad_image_gives_one_clear_line(tmp_path):
 
 def test_fuse_unavailable_is_reported_clearly(tmp_path):
     """Without /dev/fuse (an empty /dev in a private mount namespace) the error is one line."""
-    script = f"mount -t tmpfs none /dev && exec {' '.join(erofsfuse_command(corpus.image_path('plain'), str(tmp_path)))}"
+    command = " ".join(erofsfuse_command(corpus.image_path("plain"), str(tmp_path)))
+    script = f"mount -t tmpfs none /dev && exec {command}"
     proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "/dev/fuse does not exist" in proc.stderr and "Traceback" not in proc.stderr
@@ -161,7 +162,7 @@ def _corrupt_one_file(src: str, dst: Path) -> tuple[str, int]:
     data = bytearray(Path(src).read_bytes())
     with ErofsImage(src) as img:
         path, ino = max(((p, i) for p, i in img.walk() if i.is_reg and i.compressed), key=lambda pi: pi[1].size)
-        la, llen, pa, plen, alg, flags = img.reader.compressed_map(ino).map(0)
+        _, _, pa, plen, _, flags = img.reader.compressed_map(ino).map(0)
         assert flags & _zmap.MAPPED and not flags & _zmap.INLINE
         data[pa : pa + plen] = bytes(range(256)) * (plen // 256)
     dst.write_bytes(bytes(data))

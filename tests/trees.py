@@ -152,8 +152,9 @@ def diff_trees(expected: dict[str, dict], actual: dict[str, dict], keys=ALL_KEYS
             continue
         for key in keys:
             if key == "ino":
-                if groups_e.get(path) != groups_a.get(path):
-                    problems.append(f"{path}: hard links {sorted(groups_e.get(path, ()))} != {sorted(groups_a.get(path, ()))}")
+                group_e, group_a = sorted(groups_e.get(path, ())), sorted(groups_a.get(path, ()))
+                if group_e != group_a:
+                    problems.append(f"{path}: hard links {group_e} != {group_a}")
                 continue
             ev, av = e[key], a[key]
             if key == "entries" and sorted_entries and ev is not None and av is not None:
