@@ -41,16 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "erofsfuse.mount", image, mnt], check=True)
         try:
             print(f"$ erofsfuse {image} {mnt}    # mounted in {time.monotonic() - started:.2f} s")
-            for line in open("/proc/self/mounts"):
-                if line.split()[1] == mnt:
-                    print(line.rstrip())
+            with open("/proc/self/mounts") as mounts:
+                print("".join(line for line in mounts if line.split()[1] == mnt), end="")
             print(f"\n$ ls -lR {mnt}")
             show_tree(mnt)
             for name in ("README", "hello.txt"):
                 path = os.path.join(mnt, name)
                 if os.path.isfile(path):
                     print(f"\n$ cat {name}")
-                    print(open(path).read(), end="")
+                    with open(path) as f:
+                        print(f.read(), end="")
                     for attr in os.listxattr(path):
                         print(f"# xattr {attr} = {os.getxattr(path, attr).decode(errors='replace')}")
         finally:

@@ -14,7 +14,7 @@ def test_sample_command_shows_the_image():
     proc = subprocess.run([sys.executable, "-m", "erofsfuse.sample"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     with ErofsImage(sample_image()) as img:
-        for path, ino in img.walk():
+        for path, _ in img.walk():
             if path != b"/":
                 assert os.path.basename(os.fsdecode(path)) in proc.stdout
         hello = img.read(img.resolve("/hello.txt"), 0, 4096).decode()
