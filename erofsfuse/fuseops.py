@@ -97,9 +97,14 @@ class ErofsOperations(pyfuse3.Operations):
         log.log(level, "%s%r: %s (%s)", op, args, exc, os.strerror(code))
 
     def _node(self, ino: int) -> Node:
+        """The node for a kernel inode number; rebuilt from the image if this process never saw it."""
         node = self.nodes.get(ino)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ESTALE)
+            try:
+                node = self.tree.node_by_ino(ino)
+            except ErofsError as exc:
+                log.warning("inode number %d cannot be resolved: %s", ino, exc)
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
         return node
 
     def _remember(self, node: Node) -> Node:

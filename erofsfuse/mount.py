@@ -20,7 +20,9 @@ import logging.handlers
 import os
 import re
 import signal
+import socket
 import stat
+import subprocess
 import sys
 from dataclasses import dataclass, field
 
@@ -29,6 +31,7 @@ import trio
 
 from . import ondisk as d
 from .errors import ErofsError
+from .failover import ConnectionProxy, fuse_device_fd, protect_from_oom
 from .fuseops import ErofsOperations
 from .tree import Tree, open_tree
 
@@ -59,6 +62,7 @@ class MountOptions:
     threads: int = 4
     cache_mib: int = 64
     log: str | None = None
+    failover: bool = False
 
 
 def parse_options(values: list[str]) -> MountOptions:
@@ -78,6 +82,8 @@ def parse_options(values: list[str]) -> MountOptions:
                 opts.cache_mib = max(1, _integer(key, arg))
             elif key == "log" and eq:
                 opts.log = arg
+            elif key == "failover" and not eq:
+                opts.failover = True
             elif key in FUSE_OPTIONS and not eq:
                 opts.fuse.add(key)
             elif key in FUSE_VALUE_OPTIONS and eq:
@@ -104,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="mount options: allow_other, fsname=, subtype=, device=PATH, offset=N, threads=N, cache_mib=N, "
-                        "log=FILE (where a background daemon logs; default syslog)")
+                        "log=FILE (where a background daemon logs; default syslog), failover (survive SIGKILL)")
+    p.add_argument("--keeper-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--resume-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("image", metavar="IMAGE", help="EROFS image, or a JSON stack file of layers")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     return p
@@ -170,11 +178,12 @@ def mount_device(mountpoint: str) -> str | None:
     return device
 
 
-async def serve(ops: ErofsOperations, mountpoint: str) -> bool:
+async def serve(ops: ErofsOperations, mountpoint: str, proxy: ConnectionProxy | None) -> bool:
     """Run the FUSE loop until unmounted; returns True if a signal asked us to stop."""
     stopped_by_signal = False
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(trio.to_thread.run_sync, raise_read_ahead, mountpoint, abandon_on_cancel=True))
+        read_ahead = functools.partial(trio.to_thread.run_sync, raise_read_ahead, mountpoint, abandon_on_cancel=True)
+        nursery.start_soon(read_ahead)
 
         async def watch_signals() -> None:
             nonlocal stopped_by_signal
@@ -186,30 +195,45 @@ async def serve(ops: ErofsOperations, mountpoint: str) -> bool:
                     return
 
         nursery.start_soon(watch_signals)
+        if proxy is not None:
+            token = trio.lowlevel.current_trio_token()
+            proxy.on_closed = lambda: trio.from_thread.run_sync(pyfuse3.terminate, trio_token=token)
+            proxy.start()
         await pyfuse3.main(min_tasks=2, max_tasks=32)
         nursery.cancel_scope.cancel()
     return stopped_by_signal
 
 
-def run(args: argparse.Namespace, opts: MountOptions, ready_fd: int | None) -> int:
-    """Open the image, mount, report readiness on ``ready_fd``, serve until unmounted."""
+class Readiness:
+    """Tells whoever started us whether the mount is live: the terminal, a parent's pipe, or a keeper."""
 
-    def ready(error: str | None = None) -> None:
-        """Tell the waiting parent (or the terminal) whether the mount is live."""
-        if ready_fd is None:
-            if error:
-                print(f"erofsfuse: {error}", file=sys.stderr)
+    def __init__(self, pipe_fd: int | None, keeper_fd: int | None, log_path: str | None):
+        self.pipe_fd = pipe_fd
+        self.keeper = socket.socket(fileno=keeper_fd) if keeper_fd is not None else None
+        self.log_path = log_path
+
+    def report(self, error: str | None = None, device_fd: int | None = None) -> None:
+        message = f"error: {error}".encode() if error else READY
+        if self.keeper is not None:
+            socket.send_fds(self.keeper, [message], [device_fd] if device_fd is not None and not error else [])
+            self.keeper.close()
+        elif self.pipe_fd is not None:
+            os.write(self.pipe_fd, message)
+            os.close(self.pipe_fd)
+        elif error:
+            print(f"erofsfuse: {error}", file=sys.stderr)
             return
-        os.write(ready_fd, f"error: {error}".encode() if error else READY)
-        os.close(ready_fd)
-        if not error:
-            detach_logging(opts.log)
+        if not error and (self.keeper is not None or self.pipe_fd is not None):
+            detach_logging(self.log_path)
 
+
+def run(args: argparse.Namespace, opts: MountOptions, readiness: Readiness) -> int:
+    """Open the image, mount (or resume a connection), report readiness, serve until unmounted."""
     offset = opts.offset if opts.offset is not None else (args.offset or 0)
     try:
         tree = open_tree(args.image, args.device + opts.devices, offset, cache_bytes=opts.cache_mib << 20)
     except (ErofsError, OSError, ValueError) as exc:
-        ready(f"{args.image}: {exc}")
+        readiness.report(f"{args.image}: {exc}")
         return 1
     fuse_opts = set(opts.fuse)
     if not any(o.startswith("fsname=") for o in fuse_opts):
@@ -217,24 +241,29 @@ def run(args: argparse.Namespace, opts: MountOptions, ready_fd: int | None) -> i
     if not any(o.startswith("subtype=") for o in fuse_opts):
         fuse_opts.add("subtype=erofsfuse")
     ops = ErofsOperations(tree, debug=args.debug, threads=opts.threads)
-    problem = fuse_problem()
-    if problem:
-        ready(f"cannot mount on {args.mountpoint}: {problem}")
-        return 1
     mountpoint = os.path.realpath(args.mountpoint)
-    try:
-        pyfuse3.init(ops, mountpoint, fuse_opts)
-    except RuntimeError:
-        ready(f"cannot mount on {args.mountpoint}: FUSE refused the mount (see the message above)")
+    proxy = ConnectionProxy(args.resume_fd, on_closed=lambda: None) if args.resume_fd is not None else None
+    if proxy is None and (problem := fuse_problem()):
+        readiness.report(f"cannot mount on {args.mountpoint}: {problem}")
         return 1
-    log.info("mounted %s on %s", describe(tree), args.mountpoint)
-    ready()
+    try:
+        pyfuse3.init(ops, proxy.mountpoint_for_libfuse if proxy else mountpoint, fuse_opts)
+    except RuntimeError:
+        readiness.report(f"cannot mount on {args.mountpoint}: FUSE refused the mount (see the message above)")
+        return 1
+    if opts.failover:
+        protect_from_oom()
+    log.info("%s %s on %s", "resumed" if proxy else "mounted", describe(tree), args.mountpoint)
+    readiness.report(device_fd=None if proxy else fuse_device_fd())
     clean = False
     try:
-        by_signal = trio.run(serve, ops, mountpoint)
+        by_signal = trio.run(serve, ops, mountpoint, proxy)
         clean = not by_signal
     finally:
-        pyfuse3.close(unmount=not clean)
+        pyfuse3.close(unmount=not clean and proxy is None)
+        if proxy is not None and not clean:
+            # a resumed session did not mount: take the mount down the way a user would
+            subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False, capture_output=True)
         tree.close()
         log.info("unmounted %s", args.mountpoint)
     return 0
@@ -287,6 +316,7 @@ def daemonize() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -298,14 +328,25 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(args.mountpoint):
         print(f"erofsfuse: mountpoint {args.mountpoint} is not a directory", file=sys.stderr)
         return 1
-    ready_fd = None if args.foreground or args.debug else daemonize()
-    if ready_fd is None:
-        return run(args, opts, None)
+    background = not (args.foreground or args.debug)
+    if background and opts.failover and args.keeper_fd is None:
+        start_keeper(argv, args.mountpoint, opts.log, daemonize())
+    readiness = Readiness(daemonize() if background and args.keeper_fd is None else None, args.keeper_fd, opts.log)
     try:
-        return run(args, opts, ready_fd)
+        return run(args, opts, readiness)
     except BaseException:
         log.exception("erofsfuse daemon failed")
         return 1
+
+
+def start_keeper(argv: list[str], mountpoint: str, log_path: str | None, ready_fd: int) -> None:
+    """Replace this (daemonized) process by a keeper that runs the worker in the foreground."""
+    os.set_inheritable(ready_fd, True)
+    keeper = [sys.executable, "-m", "erofsfuse.failover", f"--ready-fd={ready_fd}",
+              f"--mountpoint={os.path.realpath(mountpoint)}"]
+    if log_path:
+        keeper.append(f"--log={log_path}")
+    os.execv(sys.executable, [*keeper, "--", sys.executable, "-m", "erofsfuse.mount", "-f", *argv])
 
 
 if __name__ == "__main__":

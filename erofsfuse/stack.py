@@ -27,10 +27,10 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from .cache import SizedLRU
-from .errors import ErofsError, NoSuchAttribute
+from .errors import CorruptImage, ErofsError, NoSuchAttribute
 from .image import ErofsImage, StatResult
 from .inode import Inode
-from .tree import LAYER_SHIFT, ROOT_INO, FsStats, Node, Tree, image_stats
+from .tree import LAYER_SHIFT, METABOX_BIT, ROOT_INO, FsStats, Node, Tree, image_stats
 
 PRIVATE_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
@@ -80,6 +80,23 @@ def load_stack_file(path: str, **cache) -> list[ErofsImage]:
     return images
 
 
+def path_in_image(img: ErofsImage, directory: Inode) -> list[bytes]:
+    """Names from the image root down to ``directory``, found through ".." entries."""
+    names: list[bytes] = []
+    while directory.nid != img.root_nid:
+        found = img.dirs.lookup(directory, b"..")
+        if found is None or len(names) > 4096:
+            raise CorruptImage("directory without a usable '..' entry", directory.nid)
+        parent = img.inode(found[0])
+        name = next((e.name for e in img.entries(parent) if e.nid == directory.nid), None)
+        if name is None:
+            raise CorruptImage("directory is not listed in its parent", directory.nid)
+        names.append(name)
+        directory = parent
+    names.reverse()
+    return names
+
+
 def is_whiteout(ino: Inode) -> bool:
     return stat.S_ISCHR(ino.mode) and ino.rdev == 0
 
@@ -102,7 +119,29 @@ class StackTree(Tree):
     def _node(self, parts: tuple[tuple[ErofsImage, Inode], ...]) -> Node:
         img, ino = parts[0]
         layer = self._index[id(img)]
-        return Node((layer << LAYER_SHIFT) + ino.nid + 2, parts)
+        return Node(((ino.nid & ~METABOX_BIT) + 2 + (layer << LAYER_SHIFT)) | (ino.nid & METABOX_BIT), parts)
+
+    def node_by_ino(self, ino: int) -> Node:
+        if ino == ROOT_INO:
+            return self.root
+        rest = ino & ~METABOX_BIT
+        layer = rest >> LAYER_SHIFT
+        if layer >= len(self.layers):
+            raise CorruptImage(f"inode number {ino} names layer {layer} of {len(self.layers)}")
+        img = self.layers[layer]
+        inode = img.inode(((rest & ((1 << LAYER_SHIFT) - 1)) - 2) | (ino & METABOX_BIT))
+        if not inode.is_dir:
+            return self._node(((img, inode),))
+        # a merged directory is rebuilt from its path: walk up its layer by "..", then down the stack
+        node = self.root
+        for name in path_in_image(img, inode):
+            child = self.lookup(node, name)
+            if child is None:
+                raise CorruptImage(f"directory {name!r} of inode number {ino} is not visible in the stack")
+            node = child
+        if node.ino != ino:
+            raise CorruptImage(f"inode number {ino} is hidden by an upper layer")
+        return node
 
     def _is_opaque(self, img: ErofsImage, ino: Inode) -> bool:
         key = (id(img), ino.nid)

@@ -17,6 +17,7 @@ from .inode import Inode
 
 ROOT_INO = 1
 LAYER_SHIFT = 52  # stacks put the layer index above the nid in inode numbers
+METABOX_BIT = 1 << d.DIRENT_NID_METABOX_BIT
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,14 @@ class Tree:
     root: Node
 
     def lookup(self, parent: Node, name: bytes) -> Node | None:
+        raise NotImplementedError
+
+    def node_by_ino(self, ino: int) -> Node:
+        """The node an inode number stands for, rebuilt from the images alone.
+
+        Inode numbers encode where a node lives, so a daemon that never saw
+        the lookup (it was restarted, or forgot the node) can still serve it.
+        """
         raise NotImplementedError
 
     def entries(self, node: Node, start: int) -> Iterator[tuple[bytes, Node, int]]:
@@ -114,6 +123,9 @@ class ImageTree(Tree):
         if nid == img.root_nid:
             return self.root
         return Node(nid + 2, ((img, img.inode(nid)),))
+
+    def node_by_ino(self, ino: int) -> Node:
+        return self.root if ino == ROOT_INO else self.node(ino - 2)
 
     def lookup(self, parent: Node, name: bytes) -> Node | None:
         found = self.image.dirs.lookup(parent.inode, name)

@@ -82,16 +82,39 @@ async def test_negative_lookups_are_cached(ops):
 
 
 @pytest.mark.trio
-async def test_forget_drops_nodes_after_the_last_reference(ops):
+async def test_forgotten_nodes_are_rebuilt_from_their_inode_numbers(ops):
+    """After forget (or in a restarted daemon) an inode number still names the same file."""
     first = await ops.lookup(ROOT_INO, b"files", ROOT_CTX)
     await ops.lookup(ROOT_INO, b"files", ROOT_CTX)
     await ops.forget([(first.st_ino, 1)])
-    assert (await ops.getattr(first.st_ino, ROOT_CTX)).st_ino == first.st_ino
+    assert first.st_ino in ops.nodes
     await ops.forget([(first.st_ino, 1), (ROOT_INO, 5)])
+    assert first.st_ino not in ops.nodes and ROOT_INO in ops.nodes
+    fresh = ErofsOperations(ops.tree)
+    again = await fresh.getattr(first.st_ino, ROOT_CTX)
+    assert (again.st_mode, again.st_size, again.st_mtime_ns) == (first.st_mode, first.st_size, first.st_mtime_ns)
     with pytest.raises(pyfuse3.FUSEError) as info:
-        await ops.getattr(first.st_ino, ROOT_CTX)
+        await fresh.getattr(1 << 40, ROOT_CTX)
     assert info.value.errno == errno.ESTALE
-    assert (await ops.getattr(ROOT_INO, ROOT_CTX)).st_ino == ROOT_INO
+
+
+@pytest.mark.trio
+async def test_stack_inode_numbers_are_rebuilt_as_merged_nodes(tmp_path):
+    """A merged directory's inode number, given to a fresh daemon, names the same merged directory."""
+    from erofsfuse.stack import StackTree
+
+    names = ["layer1", "layer2", "layer3"]
+    tree = StackTree([ErofsImage(corpus.image_path(n)) for n in names])
+    ops = ErofsOperations(tree)
+    seen = {}
+    for path in ("/etc", "/opt", "/usr", "/usr/bin", "/opt/opaque"):
+        attrs = await walk_to(ops, path)
+        seen[attrs.st_ino] = (path, ops.nodes[attrs.st_ino].parts)
+    fresh = ErofsOperations(tree)
+    for ino, (path, parts) in seen.items():
+        node = fresh._node(ino)
+        assert [(id(img), i.nid) for img, i in node.parts] == [(id(img), i.nid) for img, i in parts], path
+    tree.close()
 
 
 @pytest.mark.trio
