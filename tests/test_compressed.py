@@ -52,7 +52,7 @@ def probe_ranges(size: int, bounds: list[int], rng: random.Random) -> list[tuple
 
 @pytest.mark.parametrize("name", COMPRESSED)
 def test_range_reads_match_whole_file(name):
-    """Every range read, through a small pcluster cache, equals the slice of the whole file (checked by the manifest)."""
+    """Every range read, through a small pcluster cache, equals the same slice of the whole (manifest-checked) file."""
     m = corpus.manifest(name)["entries"]
     rng = random.Random(name)
     devices = corpus.device_paths(name)
