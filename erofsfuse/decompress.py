@@ -38,8 +38,9 @@ def _lzma(src: bytes, outlen: int, cfg: CompressionConfig, partial: bool) -> byt
     lp, pb = rest % 5, rest // 5
     dict_size = max(cfg.lzma_dict_size, 4096)
     filt = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}
-    dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=[filt])
     try:
+        # liblzma refuses properties such as lc + lp > 4 when the decoder is made
+        dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=[filt])
         # MicroLZMA has no end marker: the range coder's lookahead would turn any
         # further request into noise, so only the length can be checked.
         return dec.decompress(b"\0" + bytes(stream[1:]), max_length=outlen)
@@ -102,7 +103,8 @@ def decompress(
         head = min(room, outlen)
         return src[start : start + head] + src[: outlen - head]
     if algorithm == d.COMPRESSION_LZ4:
-        return _lz4.decompress(src, outlen, partial, lz4_zero_padding)
+        # without zero padding (the legacy format) a pcluster may hold more than its extent, as in the kernel
+        return _lz4.decompress(src, outlen, partial or not lz4_zero_padding, lz4_zero_padding)
     decoder = _STREAM_DECODERS.get(algorithm)
     if decoder is None:
         raise UnsupportedFeature(f"compression algorithm {algorithm} is not supported")

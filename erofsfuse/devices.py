@@ -93,7 +93,7 @@ class DeviceSet:
         self.slots = slots
         self._ranges = []
         if self.extras:
-            for slot, dev in zip(slots, self.extras):
+            for slot, dev in zip(slots, self.extras, strict=True):
                 if slot.uniaddr:
                     start = slot.uniaddr << self.blkszbits
                     self._ranges.append((start, start + (slot.blocks << self.blkszbits), dev))

@@ -81,19 +81,25 @@ class Directories:
         except CorruptImage as exc:
             raise exc.at(ino.nid, "directory lookup") from None
 
+    def block_count(self, ino: Inode) -> int:
+        """Number of directory blocks of ``ino`` (raises ``NotADirectory`` for other inodes)."""
+        return self._check(ino)
+
+    def block_entries(self, ino: Inode, index: int, check: bool = False) -> list[DirEntry]:
+        """The dirents of block ``index`` alone, so that a checker can go on past a bad block."""
+        block = self.block(ino, index)
+        try:
+            items = _dirents.entries(block, len(block), check)
+        except CorruptImage as exc:
+            raise exc.at(ino.nid, f"directory block {index}") from None
+        base = index << self.blkszbits
+        return [DirEntry(name, nid, ftype, base + i * d.DIRENT.size) for i, (name, nid, ftype) in enumerate(items)]
+
     def entries(self, ino: Inode, start: int = 0, check: bool = False) -> Iterator[DirEntry]:
         """Dirents from position ``start`` on (including ``.`` and ``..``), in on-disk order."""
         nblocks = self._check(ino)
-        bits = self.blkszbits
-        first = start >> bits
+        first = start >> self.blkszbits
         skip = ((start & (self.block_size - 1)) + d.DIRENT.size - 1) // d.DIRENT.size
         for index in range(first, nblocks):
-            block = self.block(ino, index)
-            try:
-                items = _dirents.entries(block, len(block), check)
-            except CorruptImage as exc:
-                raise exc.at(ino.nid, f"directory block {index}") from None
-            base = index << bits
-            for i in range(skip if index == first else 0, len(items)):
-                name, nid, ftype = items[i]
-                yield DirEntry(name, nid, ftype, base + i * d.DIRENT.size)
+            items = self.block_entries(ino, index, check)
+            yield from items[skip:] if index == first else items

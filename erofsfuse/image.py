@@ -16,7 +16,7 @@ from . import ondisk as d
 from .cache import SizedLRU
 from .data import DataReader
 from .devices import BackingFile, DeviceSet
-from .dirs import DirEntry, Directories
+from .dirs import Directories, DirEntry
 from .errors import CorruptImage, NotADirectory, PathNotFound
 from .inode import Inode, decode_inode
 from .metaspace import MetaSpace
@@ -242,6 +242,9 @@ class ErofsImage:
                 stack.pop()
                 active.discard(nid)
                 continue
+            if b"/" in entry.name or b"\0" in entry.name:
+                # such a path would name something else (or nothing); extraction must never follow it
+                raise CorruptImage(f"invalid name {entry.name!r} in {(base or b'/').decode(errors='replace')}", nid)
             path = base + b"/" + entry.name
             child = self.inode(entry.nid)
             if child.is_dir and child.nid in active:

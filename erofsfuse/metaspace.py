@@ -17,7 +17,9 @@ from .errors import CorruptImage
 class MetaSpace:
     """Metadata addressed by byte position, fetched and cached a block at a time."""
 
-    def __init__(self, name: str, blkszbits: int, size: int, fetch: Callable[[int, int], bytes], cache: SizedLRU[bytes]):
+    def __init__(
+        self, name: str, blkszbits: int, size: int, fetch: Callable[[int, int], bytes], cache: SizedLRU[bytes]
+    ):
         self.name = name
         self.blkszbits = blkszbits
         self.block_size = 1 << blkszbits

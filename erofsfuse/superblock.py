@@ -84,7 +84,7 @@ def parse_superblock(primary: BackingFile) -> Superblock:
     if primary.size < d.SUPER_OFFSET + d.SUPERBLOCK.size:
         raise CorruptImage(f"image is too small for a superblock ({primary.size} bytes)")
     head = primary.pread(d.SUPER_OFFSET, min(primary.size - d.SUPER_OFFSET, 1 << MAX_BLKSZBITS))
-    raw = dict(zip(d.SUPERBLOCK_FIELDS, d.SUPERBLOCK.unpack_from(head)))
+    raw = dict(zip(d.SUPERBLOCK_FIELDS, d.SUPERBLOCK.unpack_from(head), strict=True))
     if raw["magic"] != d.SUPER_MAGIC:
         raise CorruptImage(f"bad magic 0x{raw['magic']:08x} (not an EROFS image, or wrong --offset)")
     bits = raw["blkszbits"]

@@ -155,6 +155,8 @@ class Xattrs:
             for index, name, value in self.raw_entries(ino):
                 full = self.full_name(index, name)
                 if full is not None:
+                    if b"\0" in full:  # listxattr separates names with NUL: this one cannot be shown or set
+                        raise CorruptImage(f"xattr name {full!r} contains a NUL byte")
                     out.append((full, value))
             return out
         except CorruptImage as exc:

@@ -39,6 +39,8 @@ def decompress(const unsigned char[::1] src, Py_ssize_t outlen, bint partial, bi
             ret = LZ4_decompress_safe_partial(start, dst, insize, target, target)
         else:
             ret = LZ4_decompress_safe(start, dst, insize, target)
+    if ret < 0:  # liblz4 reports where in the input decoding failed as -(position) - 1
+        raise CorruptImage(f"LZ4 stream is corrupt at input byte {margin - ret - 1}")
     if ret != outlen:
         raise CorruptImage(f"LZ4 stream decoded to {ret} bytes instead of {outlen}")
     return out

@@ -1,0 +1,303 @@
+"""``erofstool``: inspect, verify and extract EROFS images without mounting them.
+
+This module only parses arguments and prints; the work is done by the
+library, ``extract`` and ``fsck``. Errors become one line on stderr and an
+exit code here, once: 0 success, 1 a corrupt or unsupported image, a failed
+check or a failed operation, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import stat
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+
+from . import ondisk as d
+from .errors import ErofsError
+from .extract import extract
+from .fsck import Problem, check
+from .image import ErofsImage
+from .inode import Inode
+from .progress import Progress
+from .stream import chunks
+
+EXIT_OK, EXIT_FAILED = 0, 1  # argparse itself exits with 2 on a usage error
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+class CommandError(Exception):
+    """A request that cannot be carried out on a sound image (``cat`` of a directory, ...)."""
+
+
+# -- output ---------------------------------------------------------------------
+def emit(*parts: str | bytes) -> None:
+    """One line on stdout, parts separated by spaces; names are bytes on disk and are written as such."""
+    line = b" ".join(os.fsencode(p) if isinstance(p, str) else p for p in parts)
+    sys.stdout.buffer.write(line + b"\n")
+
+
+def show_time(ns: int, *, full: bool = True) -> str:
+    """UTC date of an mtime in nanoseconds (any EROFS time, 1901 to 2446 and beyond, in years 1-9999)."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    try:
+        t = _EPOCH + datetime.timedelta(seconds=seconds)
+    except OverflowError:
+        return f"{seconds}s"
+    text = f"{t.year:04d}-{t.month:02d}-{t.day:02d} {t.hour:02d}:{t.minute:02d}"
+    return f"{text}:{t.second:02d}.{frac:09d} UTC" if full else text
+
+
+# -- commands -------------------------------------------------------------------
+def cmd_info(img: ErofsImage, args: argparse.Namespace) -> int:
+    sb = img.sb
+    rows: list[tuple[str, object]] = [
+        ("block size", sb.block_size),
+        ("uuid", sb.uuid_text),
+        ("volume name", sb.volume_label),
+        ("root nid", sb.root_nid),
+        ("inodes", sb.inos),
+        ("epoch", f"{sb.epoch} ({show_time(sb.epoch * 1_000_000_000)})"),
+        ("build time", f"{sb.build_time} ({show_time(sb.build_time * 1_000_000_000)})"),
+        ("fixed nsec", sb.fixed_nsec),
+        ("blocks", sb.primary_blocks),
+        ("total blocks", sb.primary_blocks + sum(slot.blocks for slot in img.devices.slots)),
+        ("meta blkaddr", sb.meta_blkaddr),
+        ("xattr blkaddr", sb.xattr_blkaddr),
+        ("packed nid", sb.packed_nid),
+        ("metabox nid", sb.metabox_nid),
+        ("xattr prefixes", sb.xattr_prefix_count),
+        ("checksum", f"0x{sb.checksum:08x}"),
+        ("compat features", _features(sb.feature_compat, d.COMPAT_NAMES)),
+        ("incompat features", _features(sb.feature_incompat, d.INCOMPAT_NAMES)),
+        ("devices", len(img.devices.slots)),
+    ]
+    for i, slot in enumerate(img.devices.slots, 1):
+        tag = slot.tag.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+        where = f"file {args.device[i - 1]}" if img.devices.extras else "flat, inside the primary file"
+        rows.append((f"device {i}", f"blocks {slot.blocks}, uniaddr {slot.uniaddr}, tag {tag!r}, {where}"))
+    rows.extend(_compression_rows(img))
+    for key, value in rows:
+        emit(f"{key}: {value}")
+    return EXIT_OK
+
+
+def _features(mask: int, names: dict[int, str]) -> str:
+    return " ".join([f"0x{mask:x}", *d.feature_names(mask, names)])
+
+
+def _compression_rows(img: ErofsImage) -> list[tuple[str, object]]:
+    sb, cfg = img.sb, img.sb.compression
+    algs = [d.ALGORITHM_NAMES[a] for a in range(d.COMPRESSION_MAX) if sb.available_algorithms & (1 << a)]
+    rows: list[tuple[str, object]] = [("compression", " ".join(algs) or "none")]
+    if "lz4" in algs:
+        rows += [("lz4 max distance", cfg.lz4_max_distance), ("lz4 max pcluster blocks", cfg.lz4_max_pclusterblks)]
+    if "lzma" in algs:
+        rows.append(("lzma dictionary size", cfg.lzma_dict_size))
+    if "deflate" in algs:
+        rows.append(("deflate window bits", cfg.deflate_windowbits))
+    if "zstd" in algs:
+        rows.append(("zstd window log", cfg.zstd_windowlog + 10))  # stored as log2(window) - 10
+    return rows
+
+
+def cmd_ls(img: ErofsImage, args: argparse.Namespace) -> int:
+    path = os.fsencode(args.path)
+    ino = img.resolve(path, follow=not args.long)
+    listing = [(entry.name, img.inode(entry.nid)) for entry in img.entries(ino)] if ino.is_dir else [(path, ino)]
+    if not args.long:
+        for name, _ in listing:
+            emit(name)
+        return EXIT_OK
+    rows = [_long_row(img, name, child) for name, child in listing]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(5)]
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:5], widths[1:], strict=True)), row[5]]
+        emit(*cells, *row[6:])
+    return EXIT_OK
+
+
+def _long_row(img: ErofsImage, name: bytes, ino: Inode) -> list[str | bytes]:
+    """``ls -l`` columns: mode, nlink, uid, gid, size or ``major, minor``, mtime, name[, ->, target]."""
+    is_device = stat.S_ISCHR(ino.mode) or stat.S_ISBLK(ino.mode)
+    size = "{}, {}".format(*ino.rdev_pair) if is_device else str(ino.size)
+    row: list[str | bytes] = [stat.filemode(ino.mode), str(ino.nlink), str(ino.uid), str(ino.gid), size,
+                              show_time(ino.mtime_ns, full=False), name]
+    if ino.is_symlink:
+        row += [b"->", img.readlink(ino)]
+    return row
+
+
+def cmd_stat(img: ErofsImage, args: argparse.Namespace) -> int:
+    ino = img.resolve(os.fsencode(args.path))
+    st = img.stat(ino)
+    rows: list[tuple[str, str | bytes]] = [
+        ("path", os.fsencode(args.path)),
+        ("nid", str(ino.nid)),
+        ("type", img.file_type(ino)),
+        ("mode", f"{stat.S_IMODE(ino.mode):04o} ({stat.filemode(ino.mode)})"),
+        ("inode", "compact" if ino.compact else "extended"),
+        ("layout", d.LAYOUT_NAMES.get(ino.layout, str(ino.layout))),
+        ("size", str(st.st_size)),
+        ("blocks", str(st.st_blocks)),
+        ("nlink", str(st.st_nlink)),
+        ("uid", str(st.st_uid)),
+        ("gid", str(st.st_gid)),
+    ]
+    if stat.S_ISCHR(ino.mode) or stat.S_ISBLK(ino.mode):
+        rows.append(("rdev", f"{st.st_rdev_major},{st.st_rdev_minor}"))
+    rows += [("mtime", f"{show_time(st.st_mtime_ns)} ({st.st_mtime_ns} ns)"),
+             ("xattrs", str(len(img.xattrs.items(ino))))]
+    if ino.is_symlink:
+        rows.append(("target", img.readlink(ino)))
+    for key, value in rows:
+        emit(f"{key}:", value)
+    return EXIT_OK
+
+
+def cmd_cat(img: ErofsImage, args: argparse.Namespace) -> int:
+    ino = img.resolve(os.fsencode(args.path), follow=True)
+    if not ino.is_reg:
+        raise CommandError(f"{args.path}: {'is a directory' if ino.is_dir else 'not a regular file'}")
+    out = sys.stdout.buffer
+    for _, data in chunks(img, ino):
+        out.write(data)
+    out.flush()
+    return EXIT_OK
+
+
+def cmd_getfattr(img: ErofsImage, args: argparse.Namespace) -> int:
+    ino = img.resolve(os.fsencode(args.path))
+    items = sorted(img.xattrs.items(ino))
+    if items:
+        emit(b"# file: " + os.fsencode(args.path))
+        for name, value in items:
+            emit(name + b"=0x" + value.hex().encode())
+        emit(b"")
+    return EXIT_OK
+
+
+def cmd_extract(img: ErofsImage, args: argparse.Namespace) -> int:
+    total = img.sb.inos if os.fsencode(args.path).strip(b"/") == b"" else None
+    with Progress("extracting", total) as progress:
+        extract(img, args.dest, os.fsencode(args.path), progress)
+    return EXIT_OK
+
+
+def cmd_fsck(img: ErofsImage, args: argparse.Namespace) -> int:
+    with Progress("checking", img.sb.inos) as progress:
+
+        def report(problem: Problem) -> None:
+            progress.message(f"erofstool: {args.image}: {problem}")
+
+        result = check(img, report, progress)
+    if not result.clean:
+        print(f"erofstool: {args.image}: {len(result.problems)} problem(s) found", file=sys.stderr)
+        return EXIT_FAILED
+    emit(f"{args.image}: clean, {result.inodes} inodes, {result.entries} entries, {result.bytes} bytes of data")
+    return EXIT_OK
+
+
+# -- arguments ------------------------------------------------------------------
+def _offset(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("the offset cannot be negative")
+    return value
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser (for help and errors) and each command's own parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--device", action="append", default=[], metavar="PATH",
+                        help="an extra device file, once per device in device-table order (none for a flat image)")
+    common.add_argument("--offset", type=_offset, default=0, metavar="BYTES",
+                        help="where the image starts inside IMAGE (default 0)")
+    common.add_argument("--debug", action="store_true", help="print a traceback for internal errors")
+    common.add_argument("image", metavar="IMAGE", help="the EROFS image (primary device)")
+
+    parser = argparse.ArgumentParser(prog="erofstool", description="Inspect, verify and extract EROFS images.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: list[tuple[str, Callable[..., int], str]] = [
+        ("info", cmd_info, "superblock, features, devices and compression settings"),
+        ("ls", cmd_ls, "list a directory (like ls, or ls -l with -l)"),
+        ("stat", cmd_stat, "every attribute of one inode"),
+        ("cat", cmd_cat, "write a file's contents to stdout (follows symlinks)"),
+        ("getfattr", cmd_getfattr, "every xattr of a path, as getfattr -d -m - -e hex shows them"),
+        ("extract", cmd_extract, "copy the image (or PATH in it) to DEST, keeping all metadata"),
+        ("fsck", cmd_fsck, "read and check every inode, directory, xattr and data byte"),
+    ]
+    parsers = {}
+    for name, handler, text in commands:
+        p = parsers[name] = sub.add_parser(name, parents=[common], help=text, description=text)
+        p.set_defaults(handler=handler)
+        if name == "ls":
+            p.add_argument("-l", dest="long", action="store_true", help="long listing")
+        if name == "extract":
+            p.add_argument("dest", metavar="DEST", help="a new directory, or an empty one")
+        if name in ("ls", "extract"):
+            p.add_argument("path", metavar="PATH", nargs="?", default="/", help="a path inside the image (default /)")
+        elif name in ("stat", "cat", "getfattr"):
+            p.add_argument("path", metavar="PATH", help="a path inside the image")
+    return parser, parsers
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Options may stand anywhere among the operands (``ls IMAGE -l /``), as with most commands."""
+    parser, commands = build_parser()
+    if argv and argv[0] in commands:
+        return commands[argv[0]].parse_intermixed_args(argv[1:])
+    return parser.parse_args(argv)  # help, or a usage error
+
+
+# -- the edge -------------------------------------------------------------------
+@contextlib.contextmanager
+def _stdout_gone() -> Iterator[None]:
+    """A reader that went away (``erofstool cat ... | head``) ends the run quietly."""
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = [os.fsdecode(f) for f in (exc.filename, exc.filename2) if f is not None]
+    return ": ".join([*where, exc.strerror or str(exc)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        with _stdout_gone(), ErofsImage(args.image, args.device, args.offset) as img:
+            status = args.handler(img, args)
+            sys.stdout.flush()  # here, where a reader that went away is still handled
+            return status
+    except BrokenPipeError:
+        return EXIT_FAILED
+    except (ErofsError, CommandError) as exc:
+        message = str(exc)
+    except OSError as exc:
+        message = _describe_os_error(exc)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if args.debug:
+            traceback.print_exc()
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        if not args.debug:
+            message += " (run with --debug for details)"
+    print(f"erofstool: {args.image}: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Hand-corrupted images: the library raises a typed error that names the problem, erofstool exits 1 with
+one clear line per problem, and nothing hangs or prints a traceback.
+
+Every corruption is placed by decoding the image with the library (superblock
+fields, inode positions, dirents, chunk indexes, pcluster addresses), never
+at an offset typed in.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+
+import pytest
+
+from erofsfuse import _zmap
+from erofsfuse import ondisk as d
+from erofsfuse.data import INLINE, MAPPED
+from erofsfuse.errors import CorruptImage, DeviceError, ErofsError, UnsupportedFeature
+from erofsfuse.fsck import check
+from erofsfuse.image import ErofsImage
+from erofsfuse.inode import Inode
+from erofsfuse.superblock import kernel_crc32c
+
+from . import corpus
+from .cli import assert_one_error_line, deadline, run_tool
+
+LIBRARY_SECONDS = 20
+TOOL_SECONDS = 60
+
+
+# -- locating and changing bytes ------------------------------------------------------------
+def copy_image(name: str, tmp_path) -> str:
+    path = str(tmp_path / f"{name}.erofs")
+    shutil.copyfile(corpus.image_path(name), path)
+    return path
+
+
+def patch(path: str, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def read_at(path: str, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        return os.pread(f.fileno(), length, offset)
+
+
+def superblock_offset(field: str) -> int:
+    """Byte offset of a superblock field in the file, from the library's own structure definition."""
+    offset = d.SUPER_OFFSET
+    names = iter(d.SUPERBLOCK_FIELDS)
+    for code in d.SUPERBLOCK.format.lstrip("<").split():
+        if not code.endswith("x") and next(names) == field:
+            return offset
+        offset += struct.calcsize("<" + code)
+    raise KeyError(field)
+
+
+def superblock_field(path: str, field: str) -> int:
+    offset = superblock_offset(field)
+    code = d.SUPERBLOCK.format.lstrip("<").split()[d.SUPERBLOCK_FIELDS.index(field)]
+    return struct.unpack("<" + code, read_at(path, offset, struct.calcsize("<" + code)))[0]
+
+
+def reseal_superblock(path: str) -> None:
+    """Store a checksum that fits the changed block again, so that only the intended change is wrong."""
+    if not superblock_field(path, "feature_compat") & d.COMPAT_SB_CHKSUM:
+        return
+    block = 1 << superblock_field(path, "blkszbits")
+    start = d.SUPER_OFFSET
+    area = bytearray(read_at(path, start, block - start if block > start else block))
+    area[d.SUPERBLOCK_CHECKSUM_OFFSET : d.SUPERBLOCK_CHECKSUM_OFFSET + 4] = bytes(4)
+    patch(path, superblock_offset("checksum"), struct.pack("<I", kernel_crc32c(bytes(area))))
+
+
+def file_position(img: ErofsImage, ino: Inode, la: int) -> int:
+    """Where byte ``la`` of an uncompressed inode lies in the primary file."""
+    ext = img.reader.map_plain(ino, la)
+    assert ext.kind in (MAPPED, INLINE)
+    pos = ext.pa + (la - ext.la)
+    if ext.kind == MAPPED:
+        dev, pos = img.devices.locate(pos, ext.device_id)
+        assert dev is img.devices.primary
+    return pos
+
+
+def find_dirent(img: ErofsImage, want) -> tuple[bytes, Inode, list, int]:
+    """The first directory (path, inode, block entries, index) whose entry ``i`` of block 0 satisfies ``want``."""
+    for path, ino in img.walk():
+        if ino.is_dir and not ino.compressed:
+            entries = img.dirs.block_entries(ino, 0)
+            for i in range(len(entries)):
+                if want(img, entries, i):
+                    return path, ino, entries, i
+    raise LookupError("no such directory entry")
+
+
+def rewrite_dirent(path: str, img: ErofsImage, dir_ino: Inode, entry, *, nid=None, nameoff=None) -> int:
+    """Change one dirent's nid or name offset in the image file; returns its position."""
+    pos = file_position(img, dir_ino, entry.offset)
+    old_nid, old_nameoff, ftype = d.DIRENT.unpack(read_at(path, pos, d.DIRENT.size))
+    assert old_nid == entry.nid  # the bytes found really are this dirent
+    patch(path, pos, d.DIRENT.pack(old_nid if nid is None else nid, old_nameoff if nameoff is None else nameoff, ftype))
+    reseal_superblock(path)  # the checksum covers the first block, which may hold this dirent
+    return pos
+
+
+# -- the checks every case makes -----------------------------------------------------------
+def expect_library_error(kind: type[ErofsError], needles, action) -> ErofsError:
+    with deadline(LIBRARY_SECONDS), pytest.raises(kind) as caught:
+        action()
+    for needle in needles:
+        assert needle in str(caught.value), (needle, str(caught.value))
+    return caught.value
+
+
+def expect_tool_failure(image: str, needles, devices=(), *, fsck_path: str | None = None, extract_needles=None,
+                        tmp_path=None):
+    """``fsck`` and ``extract`` exit 1; ``fsck`` names every problem (with ``fsck_path`` among them), one a line."""
+    device_args = [arg for dev in devices for arg in ("--device", dev)]
+    fsck = run_tool("fsck", *device_args, image, timeout=TOOL_SECONDS)
+    assert fsck.returncode == 1, fsck.stderr
+    assert "Traceback" not in fsck.stderr and fsck.stdout == b""
+    lines = fsck.stderr.splitlines()
+    assert lines and all(line.startswith(f"erofstool: {image}: ") for line in lines), fsck.stderr
+    if fsck_path is None:
+        assert_one_error_line(fsck, image, *needles)
+    else:
+        assert lines[-1].endswith("problem(s) found")
+        named = [line for line in lines if f": {fsck_path}: " in line]
+        assert named, fsck.stderr
+        assert all(needle in named[0] for needle in needles), named[0]
+    dest = tmp_path / "extracted"
+    extract = run_tool("extract", *device_args, image, dest, timeout=TOOL_SECONDS)
+    assert_one_error_line(extract, image, *(needles if extract_needles is None else extract_needles))
+    shutil.rmtree(dest, ignore_errors=True)
+
+
+# -- superblock and devices ------------------------------------------------------------------
+def test_bad_magic(tmp_path):
+    path = copy_image("plain", tmp_path)
+    offset = superblock_offset("magic")
+    patch(path, offset, bytes(b ^ 0xFF for b in read_at(path, offset, 4)))
+    expect_library_error(CorruptImage, ["bad magic"], lambda: ErofsImage(path))
+    expect_tool_failure(path, ["bad magic"], tmp_path=tmp_path)
+
+
+def test_bad_superblock_checksum(tmp_path):
+    path = copy_image("plain", tmp_path)
+    with ErofsImage(path) as img:
+        assert img.sb.compat(d.COMPAT_SB_CHKSUM)
+    patch(path, superblock_offset("volume_name"), b"tampered")
+    expect_library_error(CorruptImage, ["checksum mismatch"], lambda: ErofsImage(path))
+    expect_tool_failure(path, ["checksum mismatch"], tmp_path=tmp_path)
+
+
+def test_unknown_incompat_feature(tmp_path):
+    path = copy_image("lz4", tmp_path)
+    unknown = d.INCOMPAT_ALL + 1
+    incompat = superblock_field(path, "feature_incompat")
+    patch(path, superblock_offset("feature_incompat"), struct.pack("<I", incompat | unknown))
+    reseal_superblock(path)
+    expect_library_error(UnsupportedFeature, ["unknown incompatible feature", hex(unknown)], lambda: ErofsImage(path))
+    expect_tool_failure(path, ["unknown incompatible feature", hex(unknown)], tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize(("name", "count"), [("blobdev", 2), ("fsmeta", 2), ("fsmeta", 4)])
+def test_wrong_number_of_devices(name, count, tmp_path):
+    devices = corpus.device_paths(name)
+    given = (devices * count)[:count]  # none at all would be the flat layout, which is legal
+    needles = [f"{len(devices)} extra device(s) but {len(given)} were given"]
+    expect_library_error(DeviceError, needles, lambda: ErofsImage(corpus.image_path(name), given))
+    expect_tool_failure(corpus.image_path(name), needles, given, tmp_path=tmp_path)
+
+
+# -- data -----------------------------------------------------------------------------------------
+def test_truncated_image(tmp_path):
+    path = copy_image("plain-noinline", tmp_path)
+    with ErofsImage(path) as img:
+        metadata_end, last = 0, None
+        for name, ino in img.walk():
+            metadata_end = max(metadata_end, ino.iloc + ino.isize + ino.xattr_isize)
+            if ino.is_dir:
+                metadata_end = max(metadata_end, file_position(img, ino, ino.size - 1) + 1)
+            elif ino.is_reg and ino.size and img.reader.map_plain(ino, 0).kind == MAPPED:
+                start = file_position(img, ino, 0)
+                if last is None or start > last[0]:
+                    last = (start, name, ino.nid, ino.size)
+    start, victim, nid, size = last
+    assert start > metadata_end  # cutting into the last file's data leaves all metadata readable
+    os.truncate(path, start + size // 2)
+    with ErofsImage(path) as img:
+        ino = img.resolve(victim)
+        error = expect_library_error(CorruptImage, ["past the end"], lambda: img.read(ino, 0, size))
+        assert error.nid == nid
+    expect_tool_failure(path, ["past the end", f"nid {nid}"], fsck_path=victim.decode(), tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["chunk-64k-indexes", "blobdev"])
+def test_chunk_index_past_the_device_end(name, tmp_path):
+    path = copy_image(name, tmp_path)
+    devices = corpus.device_paths(name)
+    with ErofsImage(path, devices) as img:
+        victim, ino = next((p, i) for p, i in img.walk() if i.layout == d.LAYOUT_CHUNK_BASED and i.size
+                           and i.chunkformat & d.CHUNK_FORMAT_INDEXES and img.reader.map_plain(i, 0).kind == MAPPED)
+        ext = img.reader.map_plain(ino, 0)
+        pos = d.round_up(ino.data_start, d.CHUNK_INDEX.size)  # the first chunk index follows the inode
+        hi, device_id, lo = d.CHUNK_INDEX.unpack(read_at(path, pos, d.CHUNK_INDEX.size))
+        assert (hi << 32 | lo) << img.sb.blkszbits == ext.pa and device_id == ext.device_id
+        device, _ = img.devices.locate(ext.pa, ext.device_id)
+        beyond = (device.size >> img.sb.blkszbits) + 1000
+    patch(path, pos, d.CHUNK_INDEX.pack(0, device_id, beyond))
+    reseal_superblock(path)
+    with ErofsImage(path, devices) as img:
+        ino = img.resolve(victim)
+        error = expect_library_error(CorruptImage, ["past the end"], lambda: img.read(ino, 0, ino.size))
+        assert error.nid == ino.nid
+    expect_tool_failure(path, ["past the end"], devices, fsck_path=victim.decode(), tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["lz4", "lz4hc-C64k-ztailpacking", "lzma", "deflate", "zstd"])
+def test_corrupt_compressed_stream(name, tmp_path):
+    path = copy_image(name, tmp_path)
+    with ErofsImage(path) as img:
+        best = None
+        for p, ino in img.walk():
+            if not (ino.is_reg and ino.compressed):
+                continue
+            _, llen, pa, plen, alg, flags = img.reader.compressed_map(ino).map(0)
+            stored = flags & _zmap.MAPPED and not flags & _zmap.INLINE and alg < d.COMPRESSION_MAX
+            if stored and (best is None or plen > best[3]):
+                best = (p, ino.nid, pa, plen, llen)
+    victim, nid, pa, plen, llen = best
+    patch(path, pa, b"\xff" * plen)
+    with ErofsImage(path) as img:
+        ino = img.inode(nid)
+        error = expect_library_error(CorruptImage, ["corrupt", f"pcluster at {pa}"], lambda: img.read(ino, 0, llen))
+        assert error.nid == nid
+    # extraction stops at the first file that uses the pcluster, which need not be the one picked
+    expect_tool_failure(path, ["corrupt", f"nid {nid}"], fsck_path=victim.decode(), extract_needles=["corrupt"],
+                        tmp_path=tmp_path)
+
+
+# -- directories ------------------------------------------------------------------------------------
+def test_dirent_nid_beyond_the_image(tmp_path):
+    path = copy_image("plain", tmp_path)
+    with ErofsImage(path) as img:
+        dir_path, dir_ino, entries, i = find_dirent(img, lambda img, es, i: es[i].file_type == d.FT_REG_FILE)
+        beyond = (img.devices.primary.size >> d.ISLOT_BITS) + 1000
+        rewrite_dirent(path, img, dir_ino, entries[i], nid=beyond)
+    child = dir_path.rstrip(b"/") + b"/" + entries[i].name
+    with ErofsImage(path) as img:
+        error = expect_library_error(CorruptImage, ["past the end", f"nid {beyond}"], lambda: img.resolve(child))
+        assert error.nid == beyond
+        expect_library_error(CorruptImage, [f"nid {beyond}"], lambda: list(img.walk()))
+    expect_tool_failure(path, ["past the end", f"nid {beyond}"], fsck_path=child.decode(), tmp_path=tmp_path)
+
+
+def test_dirent_name_offsets_out_of_order(tmp_path):
+    path = copy_image("plain", tmp_path)
+    with ErofsImage(path) as img:
+        dir_path, dir_ino, entries, i = find_dirent(img, lambda img, es, i: i == 2 and len(es) > 4)
+        pos = file_position(img, dir_ino, entries[i].offset)
+        (_, nameoff, _) = d.DIRENT.unpack(read_at(path, pos, d.DIRENT.size))
+        rewrite_dirent(path, img, dir_ino, entries[i + 1], nameoff=nameoff - 1)
+    needles = ["name offsets out of order", f"nid {dir_ino.nid}"]
+    with ErofsImage(path) as img:
+        ino = img.resolve(dir_path)
+        error = expect_library_error(CorruptImage, needles, lambda: img.listdir(ino))
+        assert error.nid == dir_ino.nid
+    expect_tool_failure(path, needles, fsck_path=dir_path.decode(), tmp_path=tmp_path)
+
+
+def test_directory_containing_itself(tmp_path):
+    path = copy_image("plain", tmp_path)
+    with ErofsImage(path) as img:
+        dir_path, dir_ino, entries, i = find_dirent(
+            img, lambda img, es, i: es[i].file_type == d.FT_DIR and es[i].name not in (b".", b".."))
+        rewrite_dirent(path, img, dir_ino, entries[i], nid=dir_ino.nid)
+    child = dir_path.rstrip(b"/") + b"/" + entries[i].name
+    with ErofsImage(path) as img:
+        expect_library_error(CorruptImage, ["directory loop"], lambda: list(img.walk()))
+        report = check(img)
+        assert [(p.path, p.nid) for p in report.problems] == [(child, dir_ino.nid)]
+    expect_tool_failure(path, ["directory loop"], fsck_path=child.decode(), tmp_path=tmp_path)
