@@ -53,6 +53,9 @@ class SizedLRU(Generic[V]):
                 self._used -= self._sizeof(evicted)
         return value
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
     @property
     def used(self) -> int:
         return self._used

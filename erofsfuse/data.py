@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .image import ErofsImage
 
 HOLE, MAPPED, INLINE = 0, 1, 2
+# algorithms that decode a pcluster in milliseconds rather than microseconds
+SLOW_ALGORITHMS = frozenset({d.COMPRESSION_LZMA, d.COMPRESSION_DEFLATE, d.COMPRESSION_ZSTD})
+BIG_EXTENT = 256 * 1024
 
 
 class Extent(NamedTuple):
@@ -176,10 +179,38 @@ class DataReader:
             raise CorruptImage(f"fragment at {pos} runs past the end of the packed inode", ino.nid)
         return data
 
-    def _pcluster(self, ino: Inode, la: int, llen: int, pa: int, plen: int, alg: int, flags: int) -> bytes:
+    def costly(self, ino: Inode, offset: int, length: int) -> bool:
+        """Whether reading this range decodes much: a slow algorithm or a big extent, not yet cached."""
+        if not ino.compressed:
+            return False
+        try:
+            cmap = self.compressed_map(ino)
+            pos, end = offset, min(ino.size, offset + length)
+            while pos < end:
+                la, llen, pa, plen, alg, flags = cmap.map(pos)
+                if flags & _zmap.FRAGMENT and self.image.packed_inode is not None:
+                    fragment = cmap.zmap.fragmentoff + (pos - la)
+                    if self.costly(self.image.packed_inode, fragment, min(end, la + llen) - pos):
+                        return True
+                elif (flags & _zmap.MAPPED and (alg in SLOW_ALGORITHMS or llen > BIG_EXTENT)
+                      and self._key(ino, la, llen, pa, plen, alg, flags) not in self.pclusters):
+                    return True
+                if llen <= 0:
+                    return False
+                pos = la + llen
+        except ErofsError:
+            return True  # the read itself will report it
+        return False
+
+    def _key(self, ino: Inode, la: int, llen: int, pa: int, plen: int, alg: int, flags: int) -> tuple:
+        """What identifies a decoded pcluster: inline ones live in the inode's metadata."""
         inline = bool(flags & _zmap.INLINE)
         shift = la & (self.block_size - 1) if alg == d.COMPRESSION_INTERLACED else 0
-        key = (ino.nid if inline else -1, pa, plen, alg, llen, shift)
+        return (ino.nid if inline else -1, pa, plen, alg, llen, shift)
+
+    def _pcluster(self, ino: Inode, la: int, llen: int, pa: int, plen: int, alg: int, flags: int) -> bytes:
+        inline = bool(flags & _zmap.INLINE)
+        key = self._key(ino, la, llen, pa, plen, alg, flags)
         out = self.pclusters.get(key)
         if out is not None:
             return out

@@ -9,12 +9,12 @@ target, as the kernel does. Listing positions are byte offsets of dirents
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import _dirents
 from . import ondisk as d
-from .cache import SizedLRU
 from .errors import CorruptImage, NotADirectory
 from .inode import Inode
 
@@ -36,18 +36,18 @@ class Directories:
         self.image = image
         self.blkszbits = image.sb.blkszbits
         self.block_size = image.sb.block_size
-        self.blocks: SizedLRU[bytes] = SizedLRU(cache_bytes)
+        self._blocks = functools.lru_cache(maxsize=max(cache_bytes >> self.blkszbits, 16))(self._load_block)
 
     def block(self, ino: Inode, index: int) -> bytes:
         """Directory block ``index`` of ``ino`` (the last one may be short)."""
-        key = (ino.nid, index)
-        data = self.blocks.get(key)
-        if data is None:
-            start = index << self.blkszbits
-            data = self.image.reader.read(ino, start, self.block_size)
-            if len(data) != min(self.block_size, ino.size - start):
-                raise CorruptImage(f"short directory block {index}", ino.nid)
-            data = self.blocks.put(key, data)
+        return self._blocks(ino.nid, index)
+
+    def _load_block(self, nid: int, index: int) -> bytes:
+        ino = self.image.inode(nid)
+        start = index << self.blkszbits
+        data = self.image.reader.read(ino, start, self.block_size)
+        if len(data) != min(self.block_size, ino.size - start):
+            raise CorruptImage(f"short directory block {index}", ino.nid)
         return data
 
     def _check(self, ino: Inode) -> int:

@@ -10,9 +10,14 @@ import errno
 
 
 class ErofsError(Exception):
-    """Base class of every error the library raises on purpose."""
+    """Base class of every error the library raises on purpose.
+
+    ``answer`` marks errors that are ordinary replies (no such name, no such
+    attribute) rather than failures worth logging.
+    """
 
     errno = errno.EIO
+    answer = False
 
 
 class CorruptImage(ErofsError):
@@ -50,11 +55,14 @@ class DeviceError(ErofsError):
 
 class PathNotFound(ErofsError):
     errno = errno.ENOENT
+    answer = True
 
 
 class NotADirectory(ErofsError):
     errno = errno.ENOTDIR
+    answer = True
 
 
 class NoSuchAttribute(ErofsError):
     errno = errno.ENODATA
+    answer = True

@@ -25,8 +25,9 @@ log = logging.getLogger("erofsfuse")
 
 # The image never changes: let the kernel keep names, attributes and pages.
 CACHE_TIMEOUT = 365 * 24 * 3600.0
-# Reads at least this large, or of compressed files, run in worker threads so
-# that one slow read never stalls lookups elsewhere in the tree.
+# Reads at least this large, or that decode slowly, run in worker threads so
+# that one slow read never stalls lookups elsewhere; small cheap reads run
+# inline, where a thread hand-off would cost more than the read.
 THREAD_READ_THRESHOLD = 128 * 1024
 
 
@@ -48,7 +49,11 @@ def fuse_handler(method: Callable) -> Callable:
             raise
         except ErofsError as exc:
             code = _errno_of(exc)
-            self.report(name, args, exc, code)
+            if exc.answer:
+                if self.debug:
+                    log.debug("%s%r -> %s", name, args, os.strerror(code))
+            else:
+                self.report(name, args, exc, code)
             raise pyfuse3.FUSEError(code) from None
         except Exception as exc:
             log.exception("unexpected error in %s%r", name, args)
@@ -83,6 +88,7 @@ class ErofsOperations(pyfuse3.Operations):
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
         self._reported: set[tuple[int | None, str]] = set()
         self._limiter = trio.CapacityLimiter(threads)
+        self.block_size = tree.root.image.sb.block_size
 
     # -- bookkeeping -------------------------------------------------------------
     def report(self, op: str, args: tuple, exc: ErofsError, code: int) -> None:
@@ -114,24 +120,25 @@ class ErofsOperations(pyfuse3.Operations):
         return known
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The kernel's view of ``node``, built straight from its inode (readdirplus asks for every entry)."""
         attrs = self._attrs.get(node.ino)
         if attrs is not None:
             return attrs
-        st = self.tree.stat(node)
+        ino = node.parts[0][1]
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node.ino
-        attrs.generation = 0
         attrs.entry_timeout = CACHE_TIMEOUT
         attrs.attr_timeout = CACHE_TIMEOUT
-        attrs.st_mode = st.st_mode
-        attrs.st_nlink = st.st_nlink
-        attrs.st_uid = st.st_uid
-        attrs.st_gid = st.st_gid
-        attrs.st_rdev = st.st_rdev
-        attrs.st_size = st.st_size
-        attrs.st_blksize = node.image.sb.block_size
-        attrs.st_blocks = st.st_blocks
-        attrs.st_atime_ns = attrs.st_ctime_ns = attrs.st_mtime_ns = st.st_mtime_ns
+        attrs.st_mode = ino.mode
+        attrs.st_nlink = self.tree.nlink(node)
+        attrs.st_uid = ino.uid
+        attrs.st_gid = ino.gid
+        if ino.rdev:
+            attrs.st_rdev = os.makedev(*ino.rdev_pair)
+        attrs.st_size = ino.size
+        attrs.st_blksize = self.block_size
+        attrs.st_blocks = ino.blocks
+        attrs.st_atime_ns = attrs.st_ctime_ns = attrs.st_mtime_ns = ino.mtime * 1_000_000_000 + ino.mtime_nsec
         if node.ino in self.nodes:
             self._attrs[node.ino] = attrs
         return attrs
@@ -202,7 +209,7 @@ class ErofsOperations(pyfuse3.Operations):
     @fuse_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self._node(fh)
-        if node.inode.compressed or size >= THREAD_READ_THRESHOLD:
+        if size >= THREAD_READ_THRESHOLD or node.image.reader.costly(node.inode, off, size):
             return await trio.to_thread.run_sync(self.tree.read, node, off, size, limiter=self._limiter)
         return self.tree.read(node, off, size)
 
@@ -221,7 +228,10 @@ class ErofsOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return self.tree.getxattr(self._node(inode), name)
+        node = self._node(inode)
+        if not node.parts[0][1].xattr_isize:  # most files have none: `ls -l` asks twice for each
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return self.tree.getxattr(node, name)
 
     # -- filesystem ----------------------------------------------------------------
     @fuse_handler

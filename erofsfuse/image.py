@@ -7,13 +7,13 @@ filesystem user needs, addressed by inode (``Inode``) or by path.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat as statmod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from . import ondisk as d
-from .cache import SizedLRU
 from .data import DataReader
 from .devices import BackingFile, DeviceSet
 from .dirs import Directories, DirEntry
@@ -84,16 +84,15 @@ class ErofsImage:
                 dev.close()
             raise
         bits = self.sb.blkszbits
-        self._block_cache: SizedLRU[bytes] = SizedLRU(meta_cache_bytes)
-        self.meta = MetaSpace("primary device", bits, primary.size, primary.pread, self._block_cache)
+        self.meta = MetaSpace("primary device", bits, primary.size, primary.pread, meta_cache_bytes)
         self.metabox: MetaSpace | None = None
-        self._inodes: SizedLRU[Inode] = SizedLRU(inode_cache, sizeof=lambda _: 1)
+        self.inode = functools.lru_cache(maxsize=inode_cache)(self._load_inode)
         self._meta_base = self.sb.meta_blkaddr << bits
         self.reader = DataReader(self, cache_bytes)
         self.dirs = Directories(self, meta_cache_bytes)
         if self.sb.metabox_nid or self.sb.incompat(d.INCOMPAT_METABOX):
             box = self.inode(self.sb.metabox_nid)
-            self.metabox = MetaSpace("metabox", bits, box.size, self._metabox_reader(box), self._block_cache)
+            self.metabox = MetaSpace("metabox", bits, box.size, self._metabox_reader(box), meta_cache_bytes)
         self.packed_inode: Inode | None = self.inode(self.sb.packed_nid) if self.sb.packed_nid else None
         self.xattrs = Xattrs(self)
         self.root = self.inode(self.sb.root_nid)
@@ -121,11 +120,8 @@ class ErofsImage:
     def root_nid(self) -> int:
         return self.sb.root_nid
 
-    def inode(self, nid: int) -> Inode:
-        """The decoded inode ``nid`` (cached)."""
-        ino = self._inodes.get(nid)
-        if ino is not None:
-            return ino
+    def _load_inode(self, nid: int) -> Inode:
+        """The decoded inode ``nid`` (``inode(nid)`` is the cached form)."""
         if nid >> d.DIRENT_NID_METABOX_BIT:
             if self.metabox is None:
                 raise CorruptImage("nid has the metabox bit but the image has no metabox", nid)
@@ -134,10 +130,9 @@ class ErofsImage:
             space, base = self.meta, self._meta_base
         iloc = base + ((nid & d.DIRENT_NID_MASK) << d.ISLOT_BITS)
         try:
-            ino = decode_inode(nid, space, iloc, self.sb.epoch, self.sb.fixed_nsec)
+            return decode_inode(nid, space, iloc, self.sb.epoch, self.sb.fixed_nsec)
         except CorruptImage as exc:
             raise exc.at(nid, "inode") from None
-        return self._inodes.put(nid, ino)
 
     def stat(self, ino: Inode) -> StatResult:
         major, minor = ino.rdev_pair

@@ -8,47 +8,41 @@ compressed. Both are exposed here as the same interface: ``read(pos, n)``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
-from .cache import SizedLRU
 from .errors import CorruptImage
 
 
 class MetaSpace:
     """Metadata addressed by byte position, fetched and cached a block at a time."""
 
-    def __init__(
-        self, name: str, blkszbits: int, size: int, fetch: Callable[[int, int], bytes], cache: SizedLRU[bytes]
-    ):
+    def __init__(self, name: str, blkszbits: int, size: int, fetch: Callable[[int, int], bytes], cache_bytes: int):
         self.name = name
         self.blkszbits = blkszbits
         self.block_size = 1 << blkszbits
         self.size = size
         self._fetch = fetch
-        self._cache = cache
+        # functools' LRU is implemented in C: metadata blocks are read on every lookup and readdir
+        self.block = functools.lru_cache(maxsize=max(cache_bytes >> blkszbits, 16))(self._load_block)
 
-    def block(self, blkno: int) -> bytes:
+    def _load_block(self, blkno: int) -> bytes:
         """Block ``blkno`` (shorter than a block only at the end of the space)."""
-        key = (self.name, blkno)
-        data = self._cache.get(key)
-        if data is None:
-            start = blkno << self.blkszbits
-            if start >= self.size:
-                raise CorruptImage(f"metadata block {blkno} is past the end of the {self.name} ({self.size} bytes)")
-            data = self._cache.put(key, self._fetch(start, min(self.block_size, self.size - start)))
-        return data
+        start = blkno << self.blkszbits
+        if start >= self.size or start < 0:
+            raise CorruptImage(f"metadata block {blkno} is past the end of the {self.name} ({self.size} bytes)")
+        return self._fetch(start, min(self.block_size, self.size - start))
 
     def read(self, pos: int, length: int) -> bytes:
         """Exactly ``length`` bytes at ``pos``, across block boundaries if needed."""
         bits = self.blkszbits
-        mask = self.block_size - 1
-        blkno = pos >> bits
-        off = pos & mask
-        block = self.block(blkno)
+        off = pos & (self.block_size - 1)
+        block = self.block(pos >> bits)
         if off + length <= len(block):
             return block[off : off + length]
         if pos + length > self.size or pos < 0:
             raise CorruptImage(f"metadata read of {length} bytes at {pos} is past the end of the {self.name}")
+        blkno = pos >> bits
         parts = [block[off:]]
         got = len(parts[0])
         while got < length:

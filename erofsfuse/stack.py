@@ -24,11 +24,10 @@ import json
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import replace
 
 from .cache import SizedLRU
 from .errors import CorruptImage, ErofsError, NoSuchAttribute
-from .image import ErofsImage, StatResult
+from .image import ErofsImage
 from .inode import Inode
 from .tree import LAYER_SHIFT, METABOX_BIT, ROOT_INO, FsStats, Node, Tree, image_stats
 
@@ -209,12 +208,9 @@ class StackTree(Tree):
                 yield name, child, pos + 3
 
     # -- attributes --------------------------------------------------------------
-    def stat(self, node: Node) -> StatResult:
-        img, ino = node.parts[0]
-        st = replace(img.stat(ino), st_ino=node.ino)
-        if len(node.parts) > 1:
-            st = replace(st, st_nlink=1)
-        return st
+    def nlink(self, node: Node) -> int:
+        # overlayfs does not count the subdirectories of a merged directory
+        return 1 if len(node.parts) > 1 else node.parts[0][1].nlink
 
     def xattrs(self, node: Node) -> list[tuple[bytes, bytes]]:
         return [(n, v) for n, v in super().xattrs(node) if not n.startswith(PRIVATE_XATTR_PREFIXES)]

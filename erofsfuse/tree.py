@@ -76,7 +76,10 @@ class Tree:
 
     def stat(self, node: Node) -> StatResult:
         img, ino = node.parts[0]
-        return replace(img.stat(ino), st_ino=node.ino)
+        return replace(img.stat(ino), st_ino=node.ino, st_nlink=self.nlink(node))
+
+    def nlink(self, node: Node) -> int:
+        return node.parts[0][1].nlink
 
     def read(self, node: Node, offset: int, size: int) -> bytes:
         return node.image.read(node.inode, offset, size)
@@ -114,14 +117,15 @@ class ImageTree(Tree):
     def __init__(self, image: ErofsImage):
         self.image = image
         self.root = Node(ROOT_INO, ((image, image.root),))
+        self._root_nid = image.root_nid
 
     def images(self) -> list[ErofsImage]:
         return [self.image]
 
     def node(self, nid: int) -> Node:
-        img = self.image
-        if nid == img.root_nid:
+        if nid == self._root_nid:
             return self.root
+        img = self.image
         return Node(nid + 2, ((img, img.inode(nid)),))
 
     def node_by_ino(self, ino: int) -> Node:
