@@ -26,6 +26,8 @@ HOLE, MAPPED, INLINE = 0, 1, 2
 # algorithms that decode a pcluster in milliseconds rather than microseconds
 SLOW_ALGORITHMS = frozenset({d.COMPRESSION_LZMA, d.COMPRESSION_DEFLATE, d.COMPRESSION_ZSTD})
 BIG_EXTENT = 256 * 1024
+READ_AHEAD_TRIGGER = 256 * 1024
+READ_AHEAD_BYTES = 2 << 20
 
 
 class Extent(NamedTuple):
@@ -151,22 +153,50 @@ class DataReader:
 
     def _read_compressed(self, ino: Inode, offset: int, end: int) -> bytes:
         cmap = self.compressed_map(ino)
-        parts = []
+        extents = []
         pos = offset
         while pos < end:
-            la, llen, pa, plen, alg, flags = cmap.map(pos)
-            stop = min(end, la + llen)
-            if stop <= pos:
+            ext = cmap.map(pos)
+            la, llen = ext[0], ext[1]
+            if min(end, la + llen) <= pos:
                 raise CorruptImage("compressed extent maps no bytes", ino.nid, f"offset {pos}")
+            extents.append(ext)
+            pos = min(end, la + llen)
+        sources = self._prefetch(ino, extents)
+        if end - offset >= READ_AHEAD_TRIGGER and extents[-1][5] & _zmap.MAPPED and not extents[-1][5] & _zmap.INLINE:
+            # a large read is usually part of a sequential one: start the next compressed bytes coming
+            self.devices.prefetch(extents[-1][2] + extents[-1][3], READ_AHEAD_BYTES)
+        parts = []
+        pos = offset
+        for la, llen, pa, plen, alg, flags in extents:
+            stop = min(end, la + llen)
             if flags & _zmap.FRAGMENT:
                 parts.append(self._read_fragment(ino, cmap.zmap.fragmentoff + (pos - la), stop - pos))
             elif not flags & _zmap.MAPPED:
                 parts.append(bytes(stop - pos))
             else:
-                out = self._pcluster(ino, la, llen, pa, plen, alg, flags)
+                out = self._pcluster(ino, la, llen, pa, plen, alg, flags, sources.get(pa))
                 parts.append(out[pos - la : stop - la])
             pos = stop
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _prefetch(self, ino: Inode, extents: list[tuple[int, int, int, int, int, int]]) -> dict[int, bytes]:
+        """Compressed bytes of the uncached pclusters, read in one go where they lie back to back."""
+        wanted = [(pa, plen) for la, llen, pa, plen, alg, flags in extents
+                  if flags & _zmap.MAPPED and not flags & _zmap.INLINE
+                  and self._key(ino, la, llen, pa, plen, alg, flags) not in self.pclusters]
+        sources: dict[int, bytes] = {}
+        run: list[tuple[int, int]] = []
+        for pa, plen in [*wanted, (-1, 0)]:
+            if run and pa != run[-1][0] + run[-1][1]:
+                if len(run) > 1:
+                    start = run[0][0]
+                    data = self.devices.read(start, run[-1][0] + run[-1][1] - start)
+                    for rpa, rplen in run:
+                        sources[rpa] = data[rpa - start : rpa - start + rplen]
+                run = []
+            run.append((pa, plen))
+        return sources
 
     def _read_fragment(self, ino: Inode, pos: int, length: int) -> bytes:
         packed = self.image.packed_inode
@@ -208,13 +238,16 @@ class DataReader:
         shift = la & (self.block_size - 1) if alg == d.COMPRESSION_INTERLACED else 0
         return (ino.nid if inline else -1, pa, plen, alg, llen, shift)
 
-    def _pcluster(self, ino: Inode, la: int, llen: int, pa: int, plen: int, alg: int, flags: int) -> bytes:
+    def _pcluster(self, ino: Inode, la: int, llen: int, pa: int, plen: int, alg: int, flags: int,
+                  src: bytes | None = None) -> bytes:
+        """The decoded extent (``src``: its compressed bytes, when already read)."""
         inline = bool(flags & _zmap.INLINE)
         key = self._key(ino, la, llen, pa, plen, alg, flags)
         out = self.pclusters.get(key)
         if out is not None:
             return out
-        src = ino.space.read(pa, plen) if inline else self.devices.read(pa, plen)
+        if src is None:
+            src = ino.space.read(pa, plen) if inline else self.devices.read(pa, plen)
         partial = bool(flags & _zmap.PARTIAL_REF) or not flags & _zmap.FULL_MAPPED
         try:
             out = decompress(

@@ -13,41 +13,52 @@ from collections.abc import Callable
 
 from .errors import CorruptImage
 
+CHUNK_BITS = 16  # metadata is fetched 64 KiB at a time: neighbouring inodes come along
+
 
 class MetaSpace:
-    """Metadata addressed by byte position, fetched and cached a block at a time."""
+    """Metadata addressed by byte position, fetched and cached in aligned chunks."""
 
     def __init__(self, name: str, blkszbits: int, size: int, fetch: Callable[[int, int], bytes], cache_bytes: int):
         self.name = name
         self.blkszbits = blkszbits
         self.block_size = 1 << blkszbits
+        self.chunk_bits = max(CHUNK_BITS, blkszbits)
         self.size = size
         self._fetch = fetch
-        # functools' LRU is implemented in C: metadata blocks are read on every lookup and readdir
-        self.block = functools.lru_cache(maxsize=max(cache_bytes >> blkszbits, 16))(self._load_block)
+        # functools' LRU is implemented in C: metadata is read on every lookup and readdir
+        self.chunk = functools.lru_cache(maxsize=max(cache_bytes >> self.chunk_bits, 8))(self._load_chunk)
 
-    def _load_block(self, blkno: int) -> bytes:
-        """Block ``blkno`` (shorter than a block only at the end of the space)."""
-        start = blkno << self.blkszbits
+    def _load_chunk(self, index: int) -> bytes:
+        start = index << self.chunk_bits
         if start >= self.size or start < 0:
+            raise CorruptImage(f"metadata at {start} is past the end of the {self.name} ({self.size} bytes)")
+        return self._fetch(start, min(1 << self.chunk_bits, self.size - start))
+
+    def block(self, blkno: int) -> bytes:
+        """Block ``blkno`` (shorter than a block only at the end of the space)."""
+        pos = blkno << self.blkszbits
+        off = pos & ((1 << self.chunk_bits) - 1)
+        data = self.chunk(pos >> self.chunk_bits)[off : off + self.block_size]
+        if not data:
             raise CorruptImage(f"metadata block {blkno} is past the end of the {self.name} ({self.size} bytes)")
-        return self._fetch(start, min(self.block_size, self.size - start))
+        return data
 
     def read(self, pos: int, length: int) -> bytes:
-        """Exactly ``length`` bytes at ``pos``, across block boundaries if needed."""
-        bits = self.blkszbits
-        off = pos & (self.block_size - 1)
-        block = self.block(pos >> bits)
-        if off + length <= len(block):
-            return block[off : off + length]
+        """Exactly ``length`` bytes at ``pos``, across chunk boundaries if needed."""
+        bits = self.chunk_bits
+        off = pos & ((1 << bits) - 1)
+        chunk = self.chunk(pos >> bits)
+        if off + length <= len(chunk):
+            return chunk[off : off + length]
         if pos + length > self.size or pos < 0:
             raise CorruptImage(f"metadata read of {length} bytes at {pos} is past the end of the {self.name}")
-        blkno = pos >> bits
-        parts = [block[off:]]
+        index = pos >> bits
+        parts = [chunk[off:]]
         got = len(parts[0])
         while got < length:
-            blkno += 1
-            block = self.block(blkno)
-            parts.append(block[: length - got])
+            index += 1
+            chunk = self.chunk(index)
+            parts.append(chunk[: length - got])
             got += len(parts[-1])
         return b"".join(parts)

@@ -199,7 +199,7 @@ async def serve(ops: ErofsOperations, mountpoint: str, proxy: ConnectionProxy | 
             token = trio.lowlevel.current_trio_token()
             proxy.on_closed = lambda: trio.from_thread.run_sync(pyfuse3.terminate, trio_token=token)
             proxy.start()
-        await pyfuse3.main(min_tasks=2, max_tasks=32)
+        await pyfuse3.main(min_tasks=1, max_tasks=32)
         nursery.cancel_scope.cancel()
     return stopped_by_signal
 
