@@ -71,23 +71,13 @@ def describe_path(root: str, *, content: bool = True, xattrs: bool = True, denie
             return
         kind = TYPES[stat.S_IFMT(st.st_mode)]
         children = attempt(os.listdir, path) if kind == "dir" else None
-        out[rel] = {
-            "type": kind,
-            "mode": stat.S_IMODE(st.st_mode),
-            "uid": st.st_uid,
-            "gid": st.st_gid,
-            "size": st.st_size,
-            "nlink": st.st_nlink,
-            "ino": f"{st.st_dev}:{st.st_ino}",  # only its grouping of hard links is compared
-            "blocks": st.st_blocks,
-            "rdev": {"major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev)}
-            if kind in ("chardev", "blockdev") else None,
-            "mtime_ns": st.st_mtime_ns,
-            "target": os.readlink(path) if kind == "symlink" else None,
-            "xattrs": _xattrs(path) if xattrs else None,
-            "sha256": attempt(_sha256_file, path) if kind == "file" and content else None,
-            "entries": children,
-        }
+        out[rel] = entry(
+            kind, st, ino=f"{st.st_dev}:{st.st_ino}", rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)),
+            target=os.readlink(path) if kind == "symlink" else None,
+            xattrs=_xattrs(path) if xattrs else None,
+            sha256=attempt(_sha256_file, path) if kind == "file" and content else None,
+            entries=children,
+        )
         for name in children or ():
             visit(("" if rel == "/" else rel) + "/" + name, os.path.join(path, name))
 
@@ -107,23 +97,34 @@ def describe_image(img: ErofsImage) -> dict[str, dict]:
             for off in range(0, ino.size, 1 << 20):
                 h.update(img.read(ino, off, 1 << 20))
             digest = h.hexdigest()
-        out[os.fsdecode(raw_path)] = {
-            "type": kind,
-            "mode": stat.S_IMODE(st.st_mode),
-            "uid": st.st_uid,
-            "gid": st.st_gid,
-            "size": st.st_size,
-            "nlink": st.st_nlink,
-            "ino": st.st_ino,
-            "blocks": st.st_blocks,
-            "rdev": {"major": st.st_rdev_major, "minor": st.st_rdev_minor} if kind in ("chardev", "blockdev") else None,
-            "mtime_ns": st.st_mtime_ns,
-            "target": os.fsdecode(img.readlink(ino)) if kind == "symlink" else None,
-            "xattrs": {os.fsdecode(k): v.hex() for k, v in sorted(img.xattrs.items(ino))},
-            "sha256": digest,
-            "entries": [os.fsdecode(n) for n in img.listdir(ino)] if kind == "dir" else None,
-        }
+        out[os.fsdecode(raw_path)] = entry(
+            kind, st, ino=st.st_ino, rdev=(st.st_rdev_major, st.st_rdev_minor),
+            target=os.fsdecode(img.readlink(ino)) if kind == "symlink" else None,
+            xattrs={os.fsdecode(k): v.hex() for k, v in sorted(img.xattrs.items(ino))},
+            sha256=digest,
+            entries=[os.fsdecode(n) for n in img.listdir(ino)] if kind == "dir" else None,
+        )
     return out
+
+
+def entry(kind: str, st, *, ino, rdev: tuple[int, int], target, xattrs, sha256, entries) -> dict:
+    """One manifest entry from stat-like fields (``ino`` only matters for grouping hard links)."""
+    return {
+        "type": kind,
+        "mode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "size": st.st_size,
+        "nlink": st.st_nlink,
+        "ino": ino,
+        "blocks": st.st_blocks,
+        "rdev": {"major": rdev[0], "minor": rdev[1]} if kind in ("chardev", "blockdev") else None,
+        "mtime_ns": st.st_mtime_ns,
+        "target": target,
+        "xattrs": xattrs,
+        "sha256": sha256,
+        "entries": entries,
+    }
 
 
 def _link_groups(tree: dict[str, dict]) -> dict[str, frozenset[str]]:
