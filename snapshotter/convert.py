@@ -1,0 +1,176 @@
+"""Turning an upper directory into a layer blob at commit.
+
+mkfs.erofs copies the tree as it is, so overlay's whiteouts (0:0 character devices) and opaque markers
+(``trusted.overlay.opaque``/``user.overlay.opaque`` xattrs) end up in the blob, where the kernel's
+overlayfs and erofsfuse's stacks interpret them. Data is stored uncompressed: the layer is read often and
+converting must stay cheap next to unpacking the tar. The blob is written to a temporary file, synced and
+renamed, so a crash never leaves a half-written ``layer.erofs``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import shutil
+import stat
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from erofsfuse.image import ErofsImage
+
+from .errors import ConversionError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Usage:
+    size: int  # bytes
+    inodes: int
+
+
+def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Readahead:
+    """Ask the kernel for every file of a tree, many at a time, while mkfs.erofs reads them one by one.
+
+    Files just unpacked are usually still in the page cache and this costs little; when they are not
+    (memory pressure), mkfs.erofs alone waits for one small read after another, and this keeps the disk
+    busy ahead of it (measured: 7 s to 4 s for 1 GB in 60,000 files, 2.6 s to 2.9 s when cached).
+    """
+
+    WORKERS = 8
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._paths: queue.Queue[str | None] = queue.Queue(maxsize=4096)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._walk, daemon=True, name="readahead-walk")]
+        self._threads += [threading.Thread(target=self._advise, daemon=True, name="readahead")
+                          for _ in range(self.WORKERS)]
+
+    def __enter__(self) -> Readahead:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:  # unblock the walker
+                self._paths.get_nowait()
+
+    def _walk(self) -> None:
+        """Regular files only (opening a device node could have effects), depth first in name order like
+        mkfs.erofs."""
+        pending = [str(self.root)]
+        try:
+            while pending and not self._stop.is_set():
+                try:
+                    with os.scandir(pending.pop()) as it:
+                        entries = sorted(it, key=lambda e: e.name, reverse=True)
+                except OSError:
+                    continue
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        self._paths.put(entry.path)
+        finally:
+            for _ in range(self.WORKERS):
+                with contextlib.suppress(queue.Full):
+                    self._paths.put_nowait(None)
+
+    def _advise(self) -> None:
+        while not self._stop.is_set():
+            try:
+                path = self._paths.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if path is None:
+                return
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+
+def build_layer(upper: Path, blob: Path, mkfs: str = "mkfs.erofs") -> None:
+    """Write ``blob`` from the tree at ``upper`` (atomically: temp file, fsync, rename)."""
+    if not shutil.which(mkfs):
+        raise ConversionError(f"{mkfs} not found")
+    tmp = blob.with_name(f".{blob.name}.{uuid.uuid4().hex}.tmp")
+    started = time.monotonic()
+    with Readahead(upper):
+        proc = subprocess.run([mkfs, "--quiet", str(tmp), str(upper)], capture_output=True, text=True)
+    try:
+        if proc.returncode != 0:
+            raise ConversionError(f"mkfs.erofs {upper} failed ({proc.returncode}): "
+                                  f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+        _fsync_path(tmp)
+        tmp.rename(blob)
+        _fsync_path(blob.parent, os.O_RDONLY | os.O_DIRECTORY)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    log.info("built %s (%d bytes) from %s in %.2fs", blob, blob.stat().st_size, upper, time.monotonic() - started)
+
+
+def place_layer(blob: Path, source: Path) -> None:
+    """Move a blob that containerd's EROFS differ wrote (next to the upper dir) to ``blob``, synced."""
+    if source != blob:
+        try:
+            source.rename(blob)
+        except OSError:  # a separate writable filesystem
+            tmp = blob.with_name(f".{blob.name}.{uuid.uuid4().hex}.tmp")
+            shutil.copyfile(source, tmp)
+            tmp.rename(blob)
+            source.unlink()
+    _fsync_path(blob)
+    _fsync_path(blob.parent, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def blob_usage(blob: Path) -> Usage:
+    """A committed layer's usage: the blob's size and the inodes it holds."""
+    with ErofsImage(str(blob)) as image:
+        inodes = image.sb.inos
+    return Usage(blob.stat().st_size, inodes)
+
+
+def tree_usage(path: Path) -> Usage:
+    """Disk usage of a directory tree (allocated bytes, hard links counted once), like containerd's du."""
+    seen: set[tuple[int, int]] = set()
+    size = 0
+    stack = [path]
+    while stack:
+        top = stack.pop()
+        try:
+            st = top.lstat()
+        except FileNotFoundError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        size += st.st_blocks * 512
+        if stat.S_ISDIR(st.st_mode):
+            with os.scandir(top) as it:
+                stack.extend(Path(e.path) for e in it)
+    return Usage(size, len(seen))

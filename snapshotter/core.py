@@ -1,0 +1,305 @@
+"""The snapshotter's operations: records, directories, layer blobs and mounts kept consistent.
+
+Each operation runs under one lock and one metadata transaction; a failure rolls the record back and
+removes what the operation created. The one slow step, building a layer blob at commit, runs outside the
+lock so other requests go on meanwhile. Mounts that no live snapshot needs any more are released after
+every commit and removal, and at start and Cleanup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import filters
+from .convert import Usage, blob_usage, build_layer, place_layer, tree_usage
+from .daemons import FuseDaemons, find_erofsfuse
+from .errors import FailedPrecondition, InvalidArgument, MountError, NotFound
+from .layout import Layout
+from .metadata import Kind, MetadataStore, Snapshot
+from .mounts import host_capabilities, mount_erofs, mounts_under, unmount
+from .planner import (
+    ChainUse,
+    HostCapabilities,
+    Mode,
+    ModeChoice,
+    MountSpec,
+    choose_mode,
+    plan_mounts,
+    required_mounts,
+)
+from .trash import Trash
+
+log = logging.getLogger(__name__)
+
+
+def snapshot_fields(snap: Snapshot) -> filters.FieldLookup:
+    """The fields List filters see, named as in containerd."""
+    kind = {Kind.ACTIVE: "active", Kind.VIEW: "view", Kind.COMMITTED: "committed"}[snap.kind]
+    return filters.map_lookup({"kind": kind, "name": snap.key, "parent": snap.parent}, {"labels": snap.labels})
+
+
+class Snapshotter:
+    def __init__(self, layout: Layout, mode: Mode = Mode.AUTO, *, host: HostCapabilities | None = None,
+                 erofsfuse: str | None = None, mkfs: str = "mkfs.erofs") -> None:
+        layout.create_base()
+        self.layout = layout
+        self.mode = mode
+        self.host = host or host_capabilities()
+        self.mkfs = mkfs
+        self.store = MetadataStore(layout.metadata_path)
+        self.daemons = FuseDaemons(layout, find_erofsfuse(erofsfuse))
+        self.trash = Trash(layout.trash_dirs)
+        self._lock = threading.RLock()
+        self._committing: set[int] = set()
+        self._closed = False
+        blocker = self.host.kernel_blocker()
+        log.info("root %s, mode %s; kernel erofs mounts %s; erofsfuse: %s", layout.root, mode.value,
+                 f"impossible ({blocker})" if blocker else "possible", self.daemons.binary or "not found")
+        self.trash.requeue_leftovers()
+        self.release_unused()
+
+    def close(self) -> None:
+        """Close the records; mounts stay, since running containers may use them (the next start adopts them)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.store.close()
+
+    # -- creating -------------------------------------------------------------------------------------
+    def prepare(self, key: str, parent: str, labels: Mapping[str, str]) -> list[MountSpec]:
+        return self._create(Kind.ACTIVE, key, parent, labels)
+
+    def view(self, key: str, parent: str, labels: Mapping[str, str]) -> list[MountSpec]:
+        return self._create(Kind.VIEW, key, parent, labels)
+
+    def _create(self, kind: Kind, key: str, parent_key: str, labels: Mapping[str, str]) -> list[MountSpec]:
+        with self._lock:
+            try:
+                with self.store.transaction() as store:
+                    store.require_absent(key)
+                    parent = store.committed_parent(parent_key) if parent_key else None
+                    chain = store.ancestors(parent.id) if parent else []
+                    choice = self._choose_mode(chain) if chain else None
+                    snap = store.create(kind, key, parent, {**labels, **(choice.labels() if choice else {})},
+                                        choice.mode.value if choice else None, choice.reason if choice else None)
+                    try:
+                        self._discard_dirs(snap.id)  # leftovers of a lost database must not leak into it
+                        self.layout.create_snapshot(snap.id, active=kind is Kind.ACTIVE)
+                    except BaseException:
+                        self._discard_dirs(snap.id)
+                        raise
+            except BaseException:
+                self.release_unused()  # mounts made for a snapshot that was not created
+                raise
+            if choice:
+                log.info("%s %r (#%d) on %d layers: %s mode, %s", kind.name.lower(), key, snap.id, len(chain),
+                         choice.mode.value, choice.reason)
+            else:
+                log.debug("%s %r (#%d) without parents", kind.name.lower(), key, snap.id)
+            return self._plan(snap, chain)
+
+    def _choose_mode(self, chain: Sequence[int]) -> ModeChoice:
+        """Pick the mode for a chain and make its mounts live (auto tries the kernel first)."""
+        refusal = None
+        if self.mode is Mode.AUTO and self.host.kernel_blocker() is None:
+            try:
+                self._mount_layers(chain)
+            except MountError as exc:
+                refusal = str(exc)
+        choice = choose_mode(self.mode, self.host, refusal)
+        self._activate(choice.mode, chain)
+        return choice
+
+    def _plan(self, snap: Snapshot, chain: Sequence[int]) -> list[MountSpec]:
+        mode = Mode(snap.mode) if snap.mode else None
+        return plan_mounts(snap.id, snap.kind, chain, mode, self.layout, userxattr=self.host.in_user_namespace)
+
+    # -- mounts -------------------------------------------------------------------------------------------
+    def _mount_layers(self, chain: Sequence[int]) -> None:
+        mounted = {e.target for e in mounts_under(self.layout.snapshots_dir) if e.fstype == "erofs"}
+        for layer in reversed(chain):
+            target = self.layout.layer_mountpoint(layer)
+            if target not in mounted:
+                mount_erofs(self.layout.blob(layer), target)
+                log.debug("mounted layer #%d at %s", layer, target)
+
+    def _activate(self, mode: Mode, chain: Sequence[int]) -> None:
+        """Make sure the mounts serving ``chain`` are live (again, after a reboot or a crashed daemon)."""
+        if mode is Mode.KERNEL:
+            self._mount_layers(chain)
+        else:
+            self.daemons.ensure(chain)
+
+    def _chain_uses(self) -> list[ChainUse]:
+        parents = self.store.parents()
+        uses = []
+        for snap in self.store.all():
+            if snap.kind is Kind.COMMITTED or snap.parent_id is None:
+                continue
+            chain, layer = [], snap.parent_id
+            while layer is not None:
+                chain.append(layer)
+                layer = parents[layer]
+            uses.append(ChainUse(Mode(snap.mode), tuple(chain)))
+        return uses
+
+    def release_unused(self) -> None:
+        """Unmount layers and stop erofsfuse daemons that no active snapshot or view needs."""
+        with self._lock:
+            with self.store.transaction():
+                required = required_mounts(self._chain_uses())
+            for entry in mounts_under(self.layout.snapshots_dir):
+                owner = self.layout.owner_of(entry.target)
+                if owner is None:
+                    continue
+                layer, role = owner
+                try:
+                    if role == "fs" and entry.fstype == "erofs" and layer not in required.kernel_layers:
+                        log.debug("unmounting layer #%d: no snapshot uses it", layer)
+                        unmount(entry.target)
+                    elif role == "stack" and layer not in required.fuse_stacks:
+                        self.daemons.stop(layer, entry.target)
+                except MountError as exc:  # try again at the next release; the request itself went fine
+                    log.warning("%s", exc)
+            for top, users in required.users.items():
+                log.debug("erofsfuse for chain %d: %d users", top, users)
+
+    def mounts(self, key: str) -> list[MountSpec]:
+        with self._lock, self.store.transaction() as store:
+            snap = store.get(key)
+            if snap.kind is Kind.COMMITTED:
+                raise FailedPrecondition(f"snapshot {key!r} is committed: only active snapshots and views have mounts")
+            chain = store.ancestors(snap.parent_id) if snap.parent_id else []
+            if chain:
+                self._activate(Mode(snap.mode), chain)
+            return self._plan(snap, chain)
+
+    # -- committing -----------------------------------------------------------------------------------------
+    def commit(self, name: str, key: str, labels: Mapping[str, str], parent_key: str = "") -> Snapshot:
+        with self._lock, self.store.transaction() as store:
+            active = store.get(key)
+            if active.kind is not Kind.ACTIVE:
+                raise FailedPrecondition(f"snapshot {key!r} is not active")
+            store.require_absent(name)
+            self._new_parent(active, parent_key)
+            if active.id in self._committing:
+                raise FailedPrecondition(f"snapshot {key!r} is being committed")
+            self._committing.add(active.id)
+        built = recorded = False
+        try:
+            built = not self._take_differ_blob(active.id)
+            if built:
+                build_layer(self.layout.upper_dir(active.id), self.layout.blob(active.id), self.mkfs)
+            usage = blob_usage(self.layout.blob(active.id))
+            with self._lock:
+                with self.store.transaction() as store:
+                    if store.find(key) != active:
+                        raise NotFound(f"snapshot {key!r} changed while it was committed")
+                    store.require_absent(name)
+                    committed = store.commit(active, name, dict(labels), self._new_parent(active, parent_key),
+                                             usage.size, usage.inodes)
+                recorded = True
+                self._retire_upper(active.id)
+        except BaseException:
+            if built and not recorded:  # the active snapshot stays as it was
+                with contextlib.suppress(FileNotFoundError):
+                    self.layout.blob(active.id).unlink()
+            raise
+        finally:
+            with self._lock:
+                self._committing.discard(active.id)
+        log.info("committed %r as %r (#%d): %d bytes, %d inodes", key, name, active.id, usage.size, usage.inodes)
+        self.release_unused()
+        return committed
+
+    def _new_parent(self, active: Snapshot, parent_key: str) -> Snapshot | None:
+        """The parent after commit: the active's own, or one given for a parentless snapshot (a rebase)."""
+        if not parent_key or parent_key == active.parent:
+            return self.store.by_id(active.parent_id) if active.parent_id else None
+        if active.parent:
+            raise InvalidArgument(f"cannot change the parent of {active.key!r} on commit")
+        return self.store.committed_parent(parent_key)
+
+    def _take_differ_blob(self, snapshot_id: int) -> bool:
+        """Use a layer.erofs that containerd's EROFS differ already wrote, if there is one."""
+        written = self.layout.differ_blob(snapshot_id)
+        if not written.is_file():
+            return False
+        log.info("using the layer blob the differ wrote for #%d", snapshot_id)
+        place_layer(self.layout.blob(snapshot_id), written)
+        return True
+
+    def _retire_upper(self, snapshot_id: int) -> None:
+        """After commit: the upper and work dirs go; ``fs/`` stays, empty, as the layer's mountpoint."""
+        self.layout.marker(snapshot_id).unlink(missing_ok=True)
+        self.trash.discard(self.layout.work_dir(snapshot_id))
+        self.trash.discard(self.layout.upper_dir(snapshot_id))
+        if self.layout.writable_dir(snapshot_id) != self.layout.snapshot_dir(snapshot_id):
+            self.trash.discard(self.layout.writable_dir(snapshot_id))
+        self.layout.layer_mountpoint(snapshot_id).mkdir(mode=0o755, exist_ok=True)
+
+    # -- removing -----------------------------------------------------------------------------------------
+    def remove(self, key: str) -> None:
+        with self._lock:
+            with self.store.transaction() as store:
+                snap = store.get(key)
+                if snap.id in self._committing:
+                    raise FailedPrecondition(f"cannot remove snapshot {key!r}: it is being committed")
+                store.delete(snap)
+            self.release_unused()
+            try:
+                self._discard_dirs(snap.id)
+            except OSError as exc:  # the record is gone: what is left on disk is Cleanup's
+                log.warning("removed %r (#%d) but could not delete its directories: %s", key, snap.id, exc)
+        log.info("removed %s %r (#%d)", snap.kind.name.lower(), key, snap.id)
+
+    def _discard_dirs(self, snapshot_id: int) -> None:
+        for d in {self.layout.snapshot_dir(snapshot_id), self.layout.writable_dir(snapshot_id)}:
+            self.trash.discard(d)
+
+    def cleanup(self) -> None:
+        """Delete whatever no record owns: directories of unknown ids, stray files, unused mounts."""
+        with self._lock:
+            with self.store.transaction() as store:
+                live = store.ids()
+            for path, owner in self.layout.snapshot_dirs().items():
+                if owner not in live and owner not in self._committing:
+                    log.info("cleanup: deleting %s, which no snapshot owns", path)
+                    self.trash.discard(path)
+            for owner in live - self._committing:
+                for stray in self.layout.snapshot_dir(owner).glob(".*.tmp"):
+                    stray.unlink()
+            self.release_unused()
+        self.trash.drain()
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def stat(self, key: str) -> Snapshot:
+        with self._lock, self.store.transaction() as store:
+            return store.get(key)
+
+    def update(self, key: str, labels: Mapping[str, str], paths: Sequence[str]) -> Snapshot:
+        with self._lock, self.store.transaction() as store:
+            return store.update_labels(key, dict(labels), list(paths))
+
+    def list(self, expressions: Sequence[str]) -> list[Snapshot]:
+        wanted = filters.parse_any(expressions)
+        with self._lock, self.store.transaction() as store:
+            snapshots = store.all()
+        return [s for s in snapshots if filters.match_any(wanted, snapshot_fields(s))]
+
+    def usage(self, key: str) -> Usage:
+        """Committed: the blob (size and inodes); active or view: what the upper dir holds now."""
+        snap = self.stat(key)
+        if snap.kind is Kind.COMMITTED:
+            return Usage(snap.size, snap.inodes)
+        return tree_usage(self.layout.upper_dir(snap.id))
+
+
+def open_snapshotter(root: Path, mode: Mode, *, writable_root: Path | None = None, erofsfuse: str | None = None,
+                     mkfs: str = "mkfs.erofs") -> Snapshotter:
+    return Snapshotter(Layout(root.resolve(), writable_root.resolve() if writable_root else None), mode,
+                       erofsfuse=erofsfuse, mkfs=mkfs)

@@ -1,0 +1,97 @@
+"""``erofs-snapshotter``: the containerd proxy snapshotter daemon, in the foreground, logging to stderr.
+
+Settings come from a TOML file (``--config``) and the command line, the command line winning::
+
+    root = "/var/lib/erofs-snapshotter"
+    address = "/run/erofs-snapshotter/snapshotter.sock"
+    mode = "auto"                # auto | kernel | fuse
+    writable_root = "/fast/erofs-snapshotter"   # optional: upper dirs of active snapshots
+    erofsfuse = "/usr/local/bin/erofsfuse"      # optional: default is next to this Python, then PATH
+    mkfs_erofs = "mkfs.erofs"
+    log_level = "info"
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tomllib
+from pathlib import Path
+
+from .core import open_snapshotter
+from .planner import Mode
+from .service import serve
+
+log = logging.getLogger("erofs-snapshotter")
+
+DEFAULTS = {
+    "root": "/var/lib/erofs-snapshotter",
+    "address": "/run/erofs-snapshotter/snapshotter.sock",
+    "mode": Mode.AUTO.value,
+    "writable_root": None,
+    "erofsfuse": None,
+    "mkfs_erofs": "mkfs.erofs",
+    "log_level": "info",
+}
+
+
+def parse_settings(argv: list[str] | None = None) -> dict[str, str | None]:
+    parser = argparse.ArgumentParser(prog="erofs-snapshotter", description=(
+        "containerd snapshotter keeping layers as EROFS blobs, mounted with the kernel or erofsfuse"))
+    parser.add_argument("--config", type=Path, help="TOML file with the settings below")
+    parser.add_argument("--root", help=f"state directory (default {DEFAULTS['root']})")
+    parser.add_argument("--address", help=f"unix socket to serve on (default {DEFAULTS['address']})")
+    parser.add_argument("--mode", choices=[m.value for m in Mode], help="how layers are mounted (default auto)")
+    parser.add_argument("--writable-root", dest="writable_root",
+                        help="keep upper dirs of active snapshots on this (separate) filesystem")
+    parser.add_argument("--erofsfuse", help="erofsfuse executable for fuse mode")
+    parser.add_argument("--mkfs-erofs", dest="mkfs_erofs", help="mkfs.erofs executable")
+    parser.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    settings: dict[str, str | None] = dict(DEFAULTS)
+    if args.config:
+        with open(args.config, "rb") as f:
+            from_file = tomllib.load(f)
+        unknown = set(from_file) - set(DEFAULTS)
+        if unknown:
+            parser.error(f"{args.config}: unknown settings {', '.join(sorted(unknown))}")
+        settings.update({k: str(v) for k, v in from_file.items()})
+    settings.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
+    if settings["mode"] not in {m.value for m in Mode}:
+        parser.error(f"mode must be one of {', '.join(m.value for m in Mode)}")
+    return settings
+
+
+def stop_signal_pipe() -> int:
+    """A pipe that receives SIGTERM and SIGINT: whichever thread the kernel delivers them to, reading it
+    wakes the main thread (a main thread blocked on a lock may never see a signal caught by a gRPC thread)."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
+    return read_end
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(level=str(settings["log_level"]).upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    wake = stop_signal_pipe()
+    writable = settings["writable_root"]
+    snapshotter = open_snapshotter(Path(str(settings["root"])), Mode(settings["mode"]),
+                                   writable_root=Path(writable) if writable else None,
+                                   erofsfuse=settings["erofsfuse"], mkfs=str(settings["mkfs_erofs"]))
+    server = serve(snapshotter, Path(str(settings["address"])))
+    signum = os.read(wake, 1)[0]
+    log.info("%s: stopping; layer mounts stay for running containers", signal.Signals(signum).name)
+    server.stop(grace=10).wait()
+    snapshotter.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Kernel mounts: EROFS layers, the mount table, unmounting, and what this host allows.
+
+The snapshotter mounts committed layers itself (containerd 1.6 and runc only know ``bind`` and
+``overlay``) and unmounts them when no snapshot needs them. The mount table, not an in-memory list, is
+the record of what is mounted, so a restarted snapshotter finds the mounts its predecessor left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MountError
+from .planner import HostCapabilities
+
+log = logging.getLogger(__name__)
+
+MS_RDONLY = 0x1
+MNT_DETACH = 0x2
+CAP_SYS_ADMIN = 21
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def mount_erofs(blob: Path, target: Path) -> None:
+    """Mount a layer blob read-only: file-backed where the kernel can (6.12+), else through a loop device."""
+    try:
+        _mount(str(blob), str(target), "erofs", MS_RDONLY, "")
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENOTBLK:
+            raise MountError(f"kernel refused layer {blob}: {exc.strerror}") from exc
+    # mount(8) attaches an auto-clearing loop device, released with the mount.
+    proc = subprocess.run(["mount", "-t", "erofs", "-o", "ro,loop", str(blob), str(target)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise MountError(f"kernel refused layer {blob} (loop device): {proc.stderr.strip()}")
+
+
+def unmount(target: Path) -> None:
+    """Detach a mount; it goes away once nothing uses it (a FUSE daemon exits then)."""
+    if _libc.umount2(str(target).encode(), MNT_DETACH) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EINVAL:  # not a mount point (any more)
+        return
+    if err == errno.EPERM and shutil.which("fusermount3"):  # an unprivileged FUSE mount
+        proc = subprocess.run(["fusermount3", "-u", "-z", str(target)], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return
+    raise MountError(f"cannot unmount {target}: {os.strerror(err)}")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    target: Path
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    """Mount table fields escape space, tab, newline and backslash as octal."""
+    return field.encode().decode("unicode_escape").encode("latin-1").decode(errors="surrogateescape") \
+        if "\\" in field else field
+
+
+def mount_table() -> list[MountEntry]:
+    entries = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            entries.append(MountEntry(Path(_unescape(fields[4])), fields[sep + 1], _unescape(fields[sep + 2])))
+    return entries
+
+
+def mounts_under(base: Path) -> list[MountEntry]:
+    """Mounts at or below ``base``, deepest first (the order to unmount them in)."""
+    found = [m for m in mount_table() if m.target == base or base in m.target.parents]
+    return sorted(found, key=lambda m: len(m.target.parts), reverse=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree, unmounting whatever is mounted inside it first (never delete through a mount)."""
+    for entry in mounts_under(path):
+        log.info("unmounting %s (%s) before deleting %s", entry.target, entry.fstype, path)
+        unmount(entry.target)
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
+
+
+def _user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+def _has_sys_admin() -> bool:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    return False
+
+
+def _erofs_registered() -> bool:
+    with open("/proc/filesystems") as f:
+        return any(line.split()[-1:] == ["erofs"] for line in f)
+
+
+def host_capabilities() -> HostCapabilities:
+    erofs = _erofs_registered()
+    if not erofs and shutil.which("modprobe"):
+        subprocess.run(["modprobe", "-q", "erofs"], check=False, capture_output=True)  # a module loads on demand
+        erofs = _erofs_registered()
+    return HostCapabilities(erofs_in_kernel=erofs, privileged=_has_sys_admin(), in_user_namespace=_user_namespace())
