@@ -103,8 +103,9 @@ cdef class Inode:
 def decode_inode(nid, space, uint64_t iloc, int64_t epoch, uint32_t fixed_nsec):
     """Decode the inode stored at ``iloc`` of ``space``, checking it as the kernel does."""
     cdef unsigned int bits = space.blkszbits
-    cdef uint64_t off = iloc & ((1 << bits) - 1)
-    cdef bytes raw = space.block(iloc >> bits)
+    cdef unsigned int chunk_bits = space.chunk_bits
+    cdef uint64_t off = iloc & ((<uint64_t>1 << chunk_bits) - 1)
+    cdef bytes raw = space.chunk(iloc >> chunk_bits)
     cdef const uint8_t *p
     if off + EXTENDED_SIZE > <uint64_t>len(raw):
         raw = space.read(iloc, COMPACT_SIZE)
