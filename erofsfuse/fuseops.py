@@ -85,7 +85,6 @@ class ErofsOperations(pyfuse3.Operations):
         self.debug = debug
         self.nodes: dict[int, Node] = {ROOT_INO: tree.root}
         self.lookups: dict[int, int] = {}
-        self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
         self._reported: set[tuple[int | None, str]] = set()
         self._limiter = trio.CapacityLimiter(threads)
         self.block_size = tree.root.image.sb.block_size
@@ -121,9 +120,6 @@ class ErofsOperations(pyfuse3.Operations):
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         """The kernel's view of ``node``, built straight from its inode (readdirplus asks for every entry)."""
-        attrs = self._attrs.get(node.ino)
-        if attrs is not None:
-            return attrs
         ino = node.parts[0][1]
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node.ino
@@ -139,8 +135,6 @@ class ErofsOperations(pyfuse3.Operations):
         attrs.st_blksize = self.block_size
         attrs.st_blocks = ino.blocks
         attrs.st_atime_ns = attrs.st_ctime_ns = attrs.st_mtime_ns = ino.mtime * 1_000_000_000 + ino.mtime_nsec
-        if node.ino in self.nodes:
-            self._attrs[node.ino] = attrs
         return attrs
 
     # -- names -------------------------------------------------------------------
@@ -164,7 +158,6 @@ class ErofsOperations(pyfuse3.Operations):
             self.lookups.pop(ino, None)
             if ino != ROOT_INO:
                 self.nodes.pop(ino, None)
-                self._attrs.pop(ino, None)
 
     @fuse_handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

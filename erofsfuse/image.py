@@ -66,7 +66,7 @@ class ErofsImage:
         devices: list[str] | tuple[str, ...] = (),
         offset: int = 0,
         *,
-        cache_bytes: int = 64 << 20,
+        cache_bytes: int = 32 << 20,
         meta_cache_bytes: int = 16 << 20,
         inode_cache: int = 65536,
     ):
@@ -129,6 +129,8 @@ class ErofsImage:
         else:
             space, base = self.meta, self._meta_base
         iloc = base + ((nid & d.DIRENT_NID_MASK) << d.ISLOT_BITS)
+        if iloc >= space.size:
+            raise CorruptImage(f"nid {nid} lies past the end of the {space.name}", nid)
         try:
             return decode_inode(nid, space, iloc, self.sb.epoch, self.sb.fixed_nsec)
         except CorruptImage as exc:

@@ -60,7 +60,7 @@ class MountOptions:
     devices: list[str] = field(default_factory=list)
     offset: int | None = None
     threads: int = 4
-    cache_mib: int = 64
+    cache_mib: int = 32
     log: str | None = None
     failover: bool = False
 

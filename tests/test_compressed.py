@@ -165,7 +165,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_reading_a_1gib_compressed_file_keeps_memory_bounded(tmp_path):
-    """Peak RSS grows by at most the pcluster cache (64 MiB) plus slack while reading 1 GiB."""
+    """Peak RSS grows by at most the pcluster cache (32 MiB by default) plus slack while reading 1 GiB."""
     src = tmp_path / "src"
     src.mkdir()
     rng = random.Random(3)

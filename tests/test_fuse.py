@@ -84,16 +84,23 @@ def test_stack_with_one_layer_hides_whiteouts_unlike_the_plain_image(tmp_path):
 def test_killed_daemon_leaves_enotconn_and_fusermount_cleans_up():
     with tempfile.TemporaryDirectory() as mnt:
         subprocess.run(erofsfuse_command(corpus.image_path("plain"), mnt), check=True, timeout=60)
-        pids = daemon_pids(mnt)
-        assert len(pids) == 1
-        os.kill(pids[0], signal.SIGKILL)
-        assert wait_gone(pids)
-        with pytest.raises(OSError) as info:
-            os.listdir(mnt)
-        assert info.value.errno == errno.ENOTCONN
-        subprocess.run(["fusermount3", "-u", mnt], check=True)
-        assert not is_mounted(mnt)
-        assert os.listdir(mnt) == []
+        try:
+            pids = daemon_pids(mnt)
+            assert len(pids) == 1
+            os.kill(pids[0], signal.SIGKILL)
+            assert wait_gone(pids)
+            failures = []
+            for _ in range(2):  # a request caught by the abort may say ECONNABORTED; later ones ENOTCONN
+                with pytest.raises(OSError) as info:
+                    os.listdir(mnt)
+                failures.append(info.value.errno)
+            assert failures[-1] == errno.ENOTCONN and set(failures) <= {errno.ENOTCONN, errno.ECONNABORTED}
+            subprocess.run(["fusermount3", "-u", mnt], check=True)
+            assert not is_mounted(mnt)
+            assert os.listdir(mnt) == []
+        finally:
+            if is_mounted(mnt):
+                subprocess.run(["umount", "-l", mnt], check=False)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
