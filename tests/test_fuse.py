@@ -274,3 +274,20 @@ def _check_unprivileged_mount(as_user: list[str], mnt: Path) -> None:
         for key in ("sha256", "entries"):
             assert g[key] is None or g[key] == e[key], (path, key)
     assert sum(1 for g in got.values() if g["sha256"]) > 0.9 * sum(1 for e in expected.values() if e["sha256"])
+
+
+@pytest.mark.parametrize("how", ["--offset", "-o offset"])
+def test_image_embedded_at_an_offset(tmp_path, how):
+    """An image inside a larger file (after 1 MiB of other bytes) mounts with --offset or -o offset."""
+    name = "lz4hc-C64k-ztailpacking"
+    prefix = os.urandom(1 << 20)
+    embedded = tmp_path / "embedded.img"
+    embedded.write_bytes(prefix + Path(corpus.image_path(name)).read_bytes())
+    with tempfile.TemporaryDirectory() as mnt:
+        cmd = erofsfuse_command(str(embedded), mnt)
+        extra = [f"--offset={len(prefix)}"] if how == "--offset" else ["-o", f"offset={len(prefix)}"]
+        subprocess.run([*cmd[:-2], *extra, *cmd[-2:]], check=True, timeout=60, capture_output=True)
+        try:
+            assert not diff_trees(corpus.manifest(name)["entries"], describe_path(mnt))
+        finally:
+            unmount(mnt)
