@@ -6,8 +6,9 @@ directory blocks, compression indexes, pcluster heads, chunk indexes), plus
 truncation. Each mutated image is driven through every path: superblock,
 inodes, directory listing and lookup, xattrs, symlinks and every byte of
 every file. The property: every operation ends in data or a typed
-``ErofsError``; an uncaught exception, a hang (an operation over
-``--op-seconds``) or memory beyond ``--memory-mib`` is a finding.
+``ErofsError``; an uncaught exception, a hang (an operation using more than
+``--op-seconds`` of CPU time, so that a loaded or paused machine does not
+count) or memory beyond ``--memory-mib`` is a finding.
 
 Findings are saved as patch lists against their seed (``--out``), minimised,
 ready to become regression tests (``tests/data/fuzz_regressions.json``).
@@ -108,13 +109,13 @@ def exercise(path: str, devices: list[str], op_seconds: float) -> None:
     """Drive every path of the library over one image; only typed errors may escape each step."""
 
     def guarded(call):
-        signal.setitimer(signal.ITIMER_REAL, op_seconds)
+        signal.setitimer(signal.ITIMER_PROF, op_seconds)
         try:
             return call()
         except ErofsError:
             return None
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
 
     img = guarded(lambda: ErofsImage(path, devices))
     if img is None:
@@ -159,7 +160,7 @@ def _alarm(signum, frame):
 def worker(job: int, inputs: int, seed: int, out: str, op_seconds: float, memory_mib: int, queue) -> None:
     """Fuzz ``inputs`` inputs; report (inputs done, findings) through ``queue``."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_mib << 20, memory_mib << 20))
-    signal.signal(signal.SIGALRM, _alarm)
+    signal.signal(signal.SIGPROF, _alarm)
     rng = random.Random(seed * 1000 + job)
     seeds = []
     for name in seed_names():
@@ -206,6 +207,7 @@ def apply(seed: str, patches: list, truncate: int | None) -> bytes:
 
 def reproduces(record: dict, op_seconds: float) -> str | None:
     """Run a recorded input; the untyped error it raises, if any."""
+    signal.signal(signal.SIGPROF, _alarm)
     with tempfile.NamedTemporaryFile(suffix=".erofs") as f:
         f.write(apply(record["seed"], record["patches"], record["truncate"]))
         f.flush()
