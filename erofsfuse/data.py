@@ -146,7 +146,7 @@ class DataReader:
         if cmap is None:
             zmap = _zmap.ZMap(
                 ino.nid, ino.layout, ino.size, ino.data_start, self.blkszbits,
-                self.image.sb.available_algorithms, ino.space.block,
+                self.image.sb.available_algorithms, ino.space.chunk, ino.space.chunk_bits,
             )
             cmap = ino.zmap = CompressedMap(zmap)
         return cmap

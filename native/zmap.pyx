@@ -1,9 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Logical-to-physical mapping of compressed inodes (the kernel's z_erofs_map_blocks).
 
-The index area of an inode is read block by block through ``fetch(blkno)``
-(the inode's metadata space), so a huge or hostile index never has to be
-loaded whole. Every loop is bounded by the largest extent EROFS allows
+The index area of an inode is read through ``fetch(index)``, the shared
+metadata chunks of the inode's metadata space, so a huge or hostile index
+never has to be loaded whole; a chunk is only borrowed for one lookup, so
+cached inodes pin no metadata. Every loop is bounded by the largest extent EROFS allows
 (12 MiB decoded), so corrupt delta chains end in ``CorruptImage``, not a hang.
 """
 
@@ -60,6 +61,7 @@ cdef class ZMap:
     cdef const uint8_t *block_ptr
     cdef int64_t block_no
     cdef Py_ssize_t block_len
+    cdef unsigned int chunk_bits
 
     cdef readonly uint64_t nid, size, data_start, fragmentoff, tail_headlcn, inline_pos, extent_count
     cdef readonly unsigned int blkszbits, lclusterbits, advise, inline_size, alg_head1, alg_head2, algorithms
@@ -73,7 +75,7 @@ cdef class ZMap:
     cdef bint m_partialref
 
     def __init__(self, uint64_t nid, int layout, uint64_t size, uint64_t data_start,
-                 unsigned int blkszbits, unsigned int algorithms, fetch):
+                 unsigned int blkszbits, unsigned int algorithms, fetch, unsigned int chunk_bits):
         self.nid = nid
         self.compact = layout == LAYOUT_COMPRESSED_COMPACT
         self.size = size
@@ -81,13 +83,14 @@ cdef class ZMap:
         self.blkszbits = blkszbits
         self.algorithms = algorithms
         self.fetch = fetch
+        self.chunk_bits = chunk_bits
         self.block_no = -1
         self.initialized = False
 
     # -- metadata access ---------------------------------------------------
     cdef const uint8_t *at(self, uint64_t pos, unsigned int length) except NULL:
-        cdef int64_t blkno = pos >> self.blkszbits
-        cdef uint64_t off = pos & ((1 << self.blkszbits) - 1)
+        cdef int64_t blkno = pos >> self.chunk_bits
+        cdef uint64_t off = pos & ((<uint64_t>1 << self.chunk_bits) - 1)
         if blkno != self.block_no:
             data = self.fetch(blkno)
             self.block = data
@@ -493,6 +496,13 @@ cdef class ZMap:
         With ``whole`` the extent's length is its full decoded length, so that a
         pcluster is always decompressed completely and can be cached.
         """
+        try:
+            return self.lookup_extent(offset, whole)
+        finally:
+            self.block = None  # give the borrowed metadata chunk back
+            self.block_no = -1
+
+    cdef object lookup_extent(self, uint64_t offset, bint whole):
         cdef uint64_t la = offset, llen = 0, pa = 0, plen = 0
         cdef unsigned int alg = 0, flags = 0
         if offset >= self.size:
