@@ -25,8 +25,11 @@ from pathlib import Path
 from erofsfuse.image import ErofsImage
 
 from .errors import ConversionError
+from .faults import fault_point
 
 log = logging.getLogger(__name__)
+
+BLOB_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -119,31 +122,61 @@ def build_layer(upper: Path, blob: Path, mkfs: str = "mkfs.erofs") -> None:
         raise ConversionError(f"{mkfs} not found")
     tmp = blob.with_name(f".{blob.name}.{uuid.uuid4().hex}.tmp")
     started = time.monotonic()
-    with Readahead(upper):
-        proc = subprocess.run([mkfs, "--quiet", str(tmp), str(upper)], capture_output=True, text=True)
     try:
+        with Readahead(upper):
+            proc = subprocess.Popen([mkfs, "--quiet", str(tmp), str(upper)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            try:
+                fault_point("commit:converting")
+                output = proc.communicate()[0]
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         if proc.returncode != 0:
-            raise ConversionError(f"mkfs.erofs {upper} failed ({proc.returncode}): "
-                                  f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
-        _fsync_path(tmp)
-        tmp.rename(blob)
-        _fsync_path(blob.parent, os.O_RDONLY | os.O_DIRECTORY)
+            raise ConversionError(f"mkfs.erofs {upper} failed ({proc.returncode}): {output.strip()[-2000:]}")
+        fault_point("commit:blob-written")
+        _seal(tmp, blob)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     log.info("built %s (%d bytes) from %s in %.2fs", blob, blob.stat().st_size, upper, time.monotonic() - started)
 
 
-def place_layer(blob: Path, source: Path) -> None:
-    """Move a blob that containerd's EROFS differ wrote (next to the upper dir) to ``blob``, synced."""
-    if source != blob:
+def _seal(tmp: Path, blob: Path) -> None:
+    """Make a complete temporary blob ``blob``: read-only for others, on disk, then renamed into place."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fchmod(fd, BLOB_MODE)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    rename_synced(tmp, blob)
+
+
+def rename_synced(synced: Path, blob: Path) -> None:
+    """Give a blob already on disk its new name, durably (the directory is synced too)."""
+    synced.rename(blob)
+    _fsync_path(blob.parent, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def copy_layer(source: Path, blob: Path) -> None:
+    """Put a copy of a blob that containerd's EROFS differ wrote at ``blob``, synced; ``source`` stays until
+    the commit is recorded (a hard link when both are on one filesystem)."""
+    tmp = blob.with_name(f".{blob.name}.{uuid.uuid4().hex}.tmp")
+    try:
         try:
-            source.rename(blob)
+            os.link(source, tmp)
         except OSError:  # a separate writable filesystem
-            tmp = blob.with_name(f".{blob.name}.{uuid.uuid4().hex}.tmp")
             shutil.copyfile(source, tmp)
-            tmp.rename(blob)
-            source.unlink()
+        _seal(tmp, blob)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def sync_layer(blob: Path) -> None:
+    """Make sure a blob written by someone else (the differ) is on disk before it is recorded."""
     _fsync_path(blob)
     _fsync_path(blob.parent, os.O_RDONLY | os.O_DIRECTORY)
 

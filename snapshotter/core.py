@@ -4,21 +4,27 @@ Each operation runs under one lock and one metadata transaction; a failure rolls
 removes what the operation created. The one slow step, building a layer blob at commit, runs outside the
 lock so other requests go on meanwhile. Mounts that no live snapshot needs any more are released after
 every commit and removal, and at start and Cleanup.
+
+Crash safety: the committed record is the commit point. A blob is complete and synced before the record
+says committed and only then takes the name ``layer.erofs``; directories are made inside the creating
+transaction and deleted after the removing one. Whatever a crash leaves between those steps (a staged blob,
+an unretired upper dir, directories or mounts without a record) is finished or deleted by ``recover()``,
+which runs at start before anything is served, and again at every Cleanup.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import filters
-from .convert import Usage, blob_usage, build_layer, place_layer, tree_usage
+from .convert import Usage, blob_usage, build_layer, copy_layer, rename_synced, sync_layer, tree_usage
 from .daemons import FuseDaemons, find_erofsfuse
 from .errors import FailedPrecondition, InvalidArgument, MountError, NotFound
-from .layout import Layout
+from .faults import fault_point
+from .layout import Layout, make_dir
 from .metadata import Kind, MetadataStore, Snapshot
 from .mounts import host_capabilities, mount_erofs, mounts_under, unmount
 from .planner import (
@@ -60,7 +66,8 @@ class Snapshotter:
         log.info("root %s, mode %s; kernel erofs mounts %s; erofsfuse: %s", layout.root, mode.value,
                  f"impossible ({blocker})" if blocker else "possible", self.daemons.binary or "not found")
         self.trash.requeue_leftovers()
-        self.release_unused()
+        self.recover()
+        self.restore_mounts()
 
     def close(self) -> None:
         """Close the records; mounts stay, since running containers may use them (the next start adopts them)."""
@@ -84,14 +91,17 @@ class Snapshotter:
                     parent = store.committed_parent(parent_key) if parent_key else None
                     chain = store.ancestors(parent.id) if parent else []
                     choice = self._choose_mode(chain) if chain else None
+                    fault_point("create:mounted")
                     snap = store.create(kind, key, parent, {**labels, **(choice.labels() if choice else {})},
                                         choice.mode.value if choice else None, choice.reason if choice else None)
                     try:
                         self._discard_dirs(snap.id)  # leftovers of a lost database must not leak into it
                         self.layout.create_snapshot(snap.id, active=kind is Kind.ACTIVE)
+                        fault_point("create:dirs-made")
                     except BaseException:
                         self._discard_dirs(snap.id)
                         raise
+                fault_point("create:recorded")
             except BaseException:
                 self.release_unused()  # mounts made for a snapshot that was not created
                 raise
@@ -189,12 +199,12 @@ class Snapshotter:
             if active.id in self._committing:
                 raise FailedPrecondition(f"snapshot {key!r} is being committed")
             self._committing.add(active.id)
-        built = recorded = False
+        staged = self.layout.staged_blob(active.id)
+        recorded = False
         try:
-            built = not self._take_differ_blob(active.id)
-            if built:
-                build_layer(self.layout.upper_dir(active.id), self.layout.blob(active.id), self.mkfs)
-            usage = blob_usage(self.layout.blob(active.id))
+            blob = self._complete_blob(active.id)
+            fault_point("commit:staged")
+            usage = blob_usage(blob)
             with self._lock:
                 with self.store.transaction() as store:
                     if store.find(key) != active:
@@ -203,11 +213,11 @@ class Snapshotter:
                     committed = store.commit(active, name, dict(labels), self._new_parent(active, parent_key),
                                              usage.size, usage.inodes)
                 recorded = True
-                self._retire_upper(active.id)
+                fault_point("commit:recorded")
+                self._finish_commit(active.id)
         except BaseException:
-            if built and not recorded:  # the active snapshot stays as it was
-                with contextlib.suppress(FileNotFoundError):
-                    self.layout.blob(active.id).unlink()
+            if not recorded:  # the active snapshot stays as it was
+                staged.unlink(missing_ok=True)
             raise
         finally:
             with self._lock:
@@ -224,23 +234,40 @@ class Snapshotter:
             raise InvalidArgument(f"cannot change the parent of {active.key!r} on commit")
         return self.store.committed_parent(parent_key)
 
-    def _take_differ_blob(self, snapshot_id: int) -> bool:
-        """Use a layer.erofs that containerd's EROFS differ already wrote, if there is one."""
+    def _complete_blob(self, snapshot_id: int) -> Path:
+        """A complete, synced blob for the layer, not yet named ``layer.erofs`` unless containerd's EROFS
+        differ wrote it there itself: the name is only taken once the record says committed."""
         written = self.layout.differ_blob(snapshot_id)
-        if not written.is_file():
-            return False
-        log.info("using the layer blob the differ wrote for #%d", snapshot_id)
-        place_layer(self.layout.blob(snapshot_id), written)
-        return True
+        staged = self.layout.staged_blob(snapshot_id)
+        if written.is_file():
+            log.info("using the layer blob the differ wrote for #%d", snapshot_id)
+            if written == self.layout.blob(snapshot_id):
+                sync_layer(written)
+                return written
+            copy_layer(written, staged)
+        else:
+            build_layer(self.layout.upper_dir(snapshot_id), staged, self.mkfs)
+        return staged
+
+    def _finish_commit(self, snapshot_id: int) -> None:
+        """After the record says committed: the blob takes its name and the upper dir goes."""
+        staged = self.layout.staged_blob(snapshot_id)
+        if staged.exists():
+            rename_synced(staged, self.layout.blob(snapshot_id))
+        fault_point("commit:placed")
+        self._retire_upper(snapshot_id)
 
     def _retire_upper(self, snapshot_id: int) -> None:
-        """After commit: the upper and work dirs go; ``fs/`` stays, empty, as the layer's mountpoint."""
+        """After commit: the upper dir and the marker go, ``fs/`` comes back empty as the layer's mountpoint, and
+        the work dir goes last: while it exists, the retirement is unfinished."""
         self.layout.marker(snapshot_id).unlink(missing_ok=True)
-        self.trash.discard(self.layout.work_dir(snapshot_id))
         self.trash.discard(self.layout.upper_dir(snapshot_id))
+        fault_point("commit:upper-retired")
+        make_dir(self.layout.layer_mountpoint(snapshot_id), 0o755)
         if self.layout.writable_dir(snapshot_id) != self.layout.snapshot_dir(snapshot_id):
             self.trash.discard(self.layout.writable_dir(snapshot_id))
-        self.layout.layer_mountpoint(snapshot_id).mkdir(mode=0o755, exist_ok=True)
+        else:
+            self.trash.discard(self.layout.work_dir(snapshot_id))
 
     # -- removing -----------------------------------------------------------------------------------------
     def remove(self, key: str) -> None:
@@ -250,11 +277,14 @@ class Snapshotter:
                 if snap.id in self._committing:
                     raise FailedPrecondition(f"cannot remove snapshot {key!r}: it is being committed")
                 store.delete(snap)
+            fault_point("remove:deleted")
             self.release_unused()
+            fault_point("remove:unmounted")
             try:
                 self._discard_dirs(snap.id)
             except OSError as exc:  # the record is gone: what is left on disk is Cleanup's
                 log.warning("removed %r (#%d) but could not delete its directories: %s", key, snap.id, exc)
+            fault_point("remove:discarded")
         log.info("removed %s %r (#%d)", snap.kind.name.lower(), key, snap.id)
 
     def _discard_dirs(self, snapshot_id: int) -> None:
@@ -262,19 +292,64 @@ class Snapshotter:
             self.trash.discard(d)
 
     def cleanup(self) -> None:
-        """Delete whatever no record owns: directories of unknown ids, stray files, unused mounts."""
+        """Delete whatever no record owns (directories of unknown ids, stray files, unused mounts) and finish
+        what a crash interrupted."""
+        self.recover()
+        self.trash.drain()
+
+    def recover(self) -> None:
+        """Make directories, blobs and mounts agree with the records again (at start and Cleanup).
+
+        A commit whose record was written finishes (its staged blob becomes ``layer.erofs``, its upper dir
+        goes); a commit that was not recorded loses its staged and temporary blobs, and its snapshot stays
+        active as it was; directories no record owns, and mounts no snapshot needs, go.
+        """
         with self._lock:
+            self.release_unused()  # first: a directory no record owns may hold a mount
             with self.store.transaction() as store:
+                snapshots = {s.id: s for s in store.all() if s.id not in self._committing}
                 live = store.ids()
             for path, owner in self.layout.snapshot_dirs().items():
                 if owner not in live and owner not in self._committing:
-                    log.info("cleanup: deleting %s, which no snapshot owns", path)
-                    self.trash.discard(path)
-            for owner in live - self._committing:
-                for stray in self.layout.snapshot_dir(owner).glob(".*.tmp"):
-                    stray.unlink()
-            self.release_unused()
-        self.trash.drain()
+                    log.info("deleting %s, which no snapshot owns", path)
+                    try:
+                        self.trash.discard(path)
+                    except OSError as exc:
+                        log.error("cannot delete %s: %s", path, exc)
+            for snap in snapshots.values():
+                self._recover_files(snap)
+
+    def _recover_files(self, snap: Snapshot) -> None:
+        try:
+            for stray in self.layout.snapshot_dir(snap.id).glob(".*.tmp"):
+                stray.unlink()
+            staged, blob = self.layout.staged_blob(snap.id), self.layout.blob(snap.id)
+            if snap.kind is not Kind.COMMITTED:
+                if staged.exists():
+                    log.info("#%d (%r) was not committed: deleting its staged blob", snap.id, snap.key)
+                    staged.unlink()
+                return
+            if staged.exists() or self.layout.work_dir(snap.id).exists():
+                log.info("finishing the commit of #%d (%r)", snap.id, snap.key)
+                self._finish_commit(snap.id)
+            if not blob.is_file():
+                log.error("the layer blob of committed snapshot %r (#%d) is missing: %s", snap.key, snap.id, blob)
+        except OSError as exc:  # the next Cleanup tries again; starting must not fail over one snapshot
+            log.error("cannot recover the files of %r (#%d): %s", snap.key, snap.id, exc)
+
+    def restore_mounts(self) -> None:
+        """Before serving: make sure every chain a live snapshot uses is mounted, adopting what is mounted and
+        answers, mounting again what a reboot took away or a dead daemon left. Failures are logged and left to
+        the next Mounts call: one bad layer must not keep the snapshotter from starting."""
+        with self._lock:
+            with self.store.transaction():
+                uses = set(self._chain_uses())
+            self.daemons.report_adopted()
+            for use in sorted(uses, key=lambda u: u.chain):
+                try:
+                    self._activate(use.mode, use.chain)
+                except MountError as exc:
+                    log.error("cannot mount chain %d: %s", use.chain[0], exc)
 
     # -- reading ------------------------------------------------------------------------------------------
     def stat(self, key: str) -> Snapshot:

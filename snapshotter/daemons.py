@@ -4,10 +4,17 @@ A daemon is started on demand when a snapshot on top of the chain needs it, and 
 once no snapshot does. Who needs which stack (its reference count) is derived from the metadata store by
 the planner, and whether a daemon runs is read from the mount table: neither is kept in memory, so both
 survive a restart of the snapshotter, and daemons keep serving running containers meanwhile.
+
+Daemons run detached (their own session, no descriptor of ours) with ``-o failover``: a keeper process
+holds the FUSE connection and replaces a worker that dies, on the same connection, so the overlays of
+running containers never notice. The snapshotter therefore never replaces a mount that still answers;
+only a mount whose connection is gone (worker and keeper both dead) is mounted again, for new users, since
+the overlays of running containers hold the dead one.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import json
 import logging
@@ -15,17 +22,24 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MountError
-from .layout import Layout
+from .layout import Layout, make_dir, write_file
 from .mounts import mounts_under, unmount
 from .planner import stack_document
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 120.0  # seconds for erofsfuse to report a live mount
+PROBE_TIMEOUT = 10.0  # seconds a daemon may take to answer (a failover worker being replaced answers late)
+# allow_other: container processes of any uid read through the overlay; failover: survive a dead worker.
+# erofsfuse always adds ro and default_permissions (the kernel checks file modes).
+OPTIONS = ("allow_other", "failover", "fsname=erofs-snapshotter", "subtype=erofs")
+LOG_MODE = 0o600
 
 
 def find_erofsfuse(configured: str | None = None) -> str | None:
@@ -38,15 +52,69 @@ def find_erofsfuse(configured: str | None = None) -> str | None:
     return shutil.which("erofsfuse")
 
 
-def _alive(mountpoint: Path) -> bool:
-    """A FUSE mount whose daemon died answers ENOTCONN (statfs always asks the daemon; stat may be cached)."""
-    try:
-        os.statvfs(mountpoint)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
-            return False
-        raise
-    return True
+class Health(enum.Enum):
+    ANSWERING = "answering"
+    DEAD = "dead"  # the connection is gone: ENOTCONN
+    SILENT = "silent"  # no answer within PROBE_TIMEOUT
+
+
+def probe(mountpoint: Path) -> Health:
+    """Ask a FUSE mount's daemon for statfs (never cached). A dead connection answers ENOTCONN at once; a
+    hung daemon never answers, and its request cannot be withdrawn, so the asking thread is left behind."""
+    outcome: list[OSError | None] = []
+
+    def ask() -> None:
+        try:
+            os.statvfs(mountpoint)
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc)
+
+    asker = threading.Thread(target=ask, name=f"probe {mountpoint}", daemon=True)
+    asker.start()
+    asker.join(PROBE_TIMEOUT)
+    if not outcome:
+        return Health.SILENT
+    error = outcome[0]
+    if error is not None and error.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+        return Health.DEAD
+    return Health.ANSWERING  # an error answer is an answer too
+
+
+@dataclass(frozen=True)
+class DaemonProcesses:
+    """The processes serving one mount: the failover keeper (None if it is gone) and its worker(s)."""
+
+    keeper: int | None
+    workers: tuple[int, ...]
+
+
+def daemon_processes(mountpoints: Iterable[Path]) -> dict[Path, DaemonProcesses]:
+    """Find the erofsfuse processes of each mountpoint by their command lines (one pass over /proc).
+
+    The keeper runs ``python -m erofsfuse.failover --mountpoint=MNT``; a worker runs the ``erofsfuse`` script
+    or ``python -m erofsfuse.mount`` with MNT as an argument.
+    """
+    wanted = {os.fsencode(m): m for m in mountpoints}
+    keepers: dict[Path, int] = {}
+    workers: dict[Path, list[int]] = {m: [] for m in wanted.values()}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if not any(os.path.basename(a).startswith(b"erofsfuse") for a in args[:3]):  # the script or -m module
+            continue
+        is_keeper = b"erofsfuse.failover" in args[:3]
+        for raw, mountpoint in wanted.items():
+            if is_keeper and b"--mountpoint=" + raw in args:
+                keepers[mountpoint] = int(entry)
+            elif not is_keeper and raw in args:
+                workers[mountpoint].append(int(entry))
+    return {m: DaemonProcesses(keepers.get(m), tuple(sorted(workers[m]))) for m in wanted.values()}
 
 
 class FuseDaemons:
@@ -63,35 +131,56 @@ class FuseDaemons:
                 found[owner[0]] = entry.target
         return found
 
+    def report_adopted(self) -> None:
+        """Log the daemons a previous run left (they are used as they are), warning about any without a keeper."""
+        running = self.running()
+        processes = daemon_processes(running.values())
+        for top, mountpoint in sorted(running.items()):
+            found = processes[mountpoint]
+            if found.keeper is not None:
+                log.info("adopting erofsfuse for chain %d at %s (keeper %d, workers %s)", top, mountpoint,
+                         found.keeper, list(found.workers))
+            else:
+                log.warning("adopting erofsfuse for chain %d at %s without a keeper (workers %s): it serves, but "
+                            "if it dies the containers using it lose their files", top, mountpoint,
+                            list(found.workers))
+
     def ensure(self, chain: Sequence[int]) -> Path:
-        """Make the merged tree of ``chain`` (nearest first) available; returns its mountpoint."""
+        """Make the merged tree of ``chain`` (nearest first) available; returns its mountpoint.
+
+        A mount that answers is used as it is, whoever started it. One whose worker just died answers once
+        the keeper's new worker serves; one that answers nothing within PROBE_TIMEOUT is an error (a new
+        mount there would hang the same way for the overlays built on it).
+        """
         top = chain[0]
         mountpoint = self.layout.stack_mountpoint(top)
         if top in self.running():
-            if _alive(mountpoint):
+            health = probe(mountpoint)
+            if health is Health.ANSWERING:
                 return mountpoint
-            log.warning("erofsfuse for chain %d died; restarting it", top)
+            if health is Health.SILENT:
+                raise MountError(f"erofsfuse for chain {top} at {mountpoint} has not answered in {PROBE_TIMEOUT:.0f}s")
+            log.warning("erofsfuse for chain %d is gone (worker and keeper); mounting the chain again", top)
             unmount(mountpoint)
         if not self.binary:
             raise MountError("fuse mode needs erofsfuse, which is not installed")
-        mountpoint.mkdir(exist_ok=True)
+        make_dir(mountpoint, 0o755)
         stack_file = self.layout.stack_file(top)
-        tmp = stack_file.with_name(f".{stack_file.name}.tmp")
-        tmp.write_text(json.dumps(stack_document(chain, self.layout), indent=1))
-        tmp.rename(stack_file)
+        write_file(stack_file, json.dumps(stack_document(chain, self.layout), indent=1).encode(), 0o644)
         log_path = self.layout.stack_log(top)
-        options = f"allow_other,fsname=erofs-snapshotter,subtype=erofs,log={log_path}"
-        cmd = [self.binary, "-o", options, str(stack_file), str(mountpoint)]
-        # erofsfuse returns once the mount is live and keeps serving in the background; its output goes to the
-        # same log file (a pipe could stay open in the background daemon).
-        with open(log_path, "ab") as logfile:
-            try:
-                proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
-                                      timeout=START_TIMEOUT, start_new_session=True)
-            except subprocess.TimeoutExpired as exc:
-                raise MountError(f"erofsfuse for chain {top} did not start in {START_TIMEOUT:.0f}s") from exc
+        cmd = [self.binary, "-o", ",".join([*OPTIONS, f"log={log_path}"]), str(stack_file), str(mountpoint)]
+        # erofsfuse returns once the mount is live and keeps serving in the background, in its own session;
+        # its output goes to the same log file (a pipe could stay open in the background daemon).
+        logfile = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_MODE)
+        try:
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
+                                  timeout=START_TIMEOUT, start_new_session=True)
+        except subprocess.TimeoutExpired as exc:
+            raise MountError(f"erofsfuse for chain {top} did not start in {START_TIMEOUT:.0f}s") from exc
+        finally:
+            os.close(logfile)
         if proc.returncode != 0 or top not in self.running():
-            tail = self.layout.stack_log(top).read_text(errors="replace")[-2000:].strip()
+            tail = log_path.read_text(errors="replace")[-2000:].strip()
             raise MountError(f"erofsfuse for chain {top} failed (exit {proc.returncode}): {tail}")
         log.info("started erofsfuse for chain %d (%d layers) at %s", top, len(chain), mountpoint)
         return mountpoint

@@ -7,11 +7,15 @@ become path components. Every snapshot gets ``snapshots/<id>/`` under the root::
     snapshots/<id>/work/         overlay work dir while active
     snapshots/<id>/.erofslayer   marker while active: containerd's EROFS differ may write layer.erofs beside it
     snapshots/<id>/layer.erofs   the committed layer
+    snapshots/<id>/.layer.erofs.staged   at commit: the complete blob, until the record says committed
     snapshots/<id>/stack/        fuse mode: where erofsfuse serves the chain ending at this layer
     snapshots/<id>/stack.json    fuse mode: that chain, bottom layer first
 
 With a separate writable root, ``fs/``, ``work/`` and ``.erofslayer`` of active snapshots live in
 ``<writable root>/snapshots/<id>/`` instead (committed layers stay under the root).
+
+Nothing here is open to other users: the root, ``snapshots/`` and every snapshot directory are 0700
+whatever the umask, upper dirs are 0755 like an image root, and files are 0644 or 0600.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 
 MARKER = ".erofslayer"
 BLOB = "layer.erofs"
+STAGED_BLOB = ".layer.erofs.staged"
+PRIVATE_DIR = 0o700
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,10 @@ class Layout:
     def blob(self, snapshot_id: int) -> Path:
         return self.snapshot_dir(snapshot_id) / BLOB
 
+    def staged_blob(self, snapshot_id: int) -> Path:
+        """Where a complete blob waits during Commit: it becomes ``layer.erofs`` once the record is committed."""
+        return self.snapshot_dir(snapshot_id) / STAGED_BLOB
+
     def differ_blob(self, snapshot_id: int) -> Path:
         """Where containerd's EROFS differ writes a layer it built itself (next to the marker)."""
         return self.writable_dir(snapshot_id) / BLOB
@@ -85,18 +95,20 @@ class Layout:
         return self.snapshot_dir(snapshot_id) / "stack.log"
 
     def create_base(self) -> None:
-        for d in (self.snapshots_dir, self.writable_snapshots_dir, *self.trash_dirs):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """The roots and their ``snapshots/`` and ``trash/``, private to root (also if they already existed)."""
+        for d in (self.root, self.writable_root, self.snapshots_dir, self.writable_snapshots_dir, *self.trash_dirs):
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+                os.chmod(d, PRIVATE_DIR)
 
     def create_snapshot(self, snapshot_id: int, *, active: bool) -> None:
         """Directories of a new snapshot; the upper dir is 0755 like every image root."""
         for d in {self.snapshot_dir(snapshot_id), self.writable_dir(snapshot_id)}:
-            d.mkdir(mode=0o700)
-        self.upper_dir(snapshot_id).mkdir(mode=0o755)
-        os.chmod(self.upper_dir(snapshot_id), 0o755)  # whatever the umask
+            d.mkdir(mode=PRIVATE_DIR)
+        make_dir(self.upper_dir(snapshot_id), 0o755)
         if active:
-            self.work_dir(snapshot_id).mkdir(mode=0o700)
-            self.marker(snapshot_id).touch(mode=0o644)
+            self.work_dir(snapshot_id).mkdir(mode=PRIVATE_DIR)
+            write_file(self.marker(snapshot_id), b"", 0o644)
 
     def snapshot_dirs(self) -> dict[Path, int | None]:
         """Every entry of the snapshot directories, with the id it names (None if it names none)."""
@@ -116,3 +128,21 @@ class Layout:
             if len(rel.parts) == 2 and rel.parts[0].isdigit():
                 return int(rel.parts[0]), rel.parts[1]
         return None
+
+
+def make_dir(path: Path, mode: int) -> None:
+    """A directory with exactly ``mode``, whatever the umask (it may exist already)."""
+    path.mkdir(mode=mode, exist_ok=True)
+    os.chmod(path, mode)
+
+
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` atomically with a file of exactly ``mode`` (the umask plays no part)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    tmp.rename(path)

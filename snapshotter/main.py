@@ -8,12 +8,14 @@ Settings come from a TOML file (``--config``) and the command line, the command 
     writable_root = "/fast/erofs-snapshotter"   # optional: upper dirs of active snapshots
     erofsfuse = "/usr/local/bin/erofsfuse"      # optional: default is next to this Python, then PATH
     mkfs_erofs = "mkfs.erofs"
+    socket_group = "containerd"  # optional: the socket is 0660 and owned by this group, not 0600
     log_level = "info"
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import logging
 import os
 import signal
@@ -34,6 +36,7 @@ DEFAULTS = {
     "writable_root": None,
     "erofsfuse": None,
     "mkfs_erofs": "mkfs.erofs",
+    "socket_group": None,
     "log_level": "info",
 }
 
@@ -49,6 +52,8 @@ def parse_settings(argv: list[str] | None = None) -> dict[str, str | None]:
                         help="keep upper dirs of active snapshots on this (separate) filesystem")
     parser.add_argument("--erofsfuse", help="erofsfuse executable for fuse mode")
     parser.add_argument("--mkfs-erofs", dest="mkfs_erofs", help="mkfs.erofs executable")
+    parser.add_argument("--socket-group", dest="socket_group",
+                        help="group (name or id) that may use the socket too (mode 0660; default: root only, 0600)")
     parser.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     settings: dict[str, str | None] = dict(DEFAULTS)
@@ -62,7 +67,17 @@ def parse_settings(argv: list[str] | None = None) -> dict[str, str | None]:
     settings.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
     if settings["mode"] not in {m.value for m in Mode}:
         parser.error(f"mode must be one of {', '.join(m.value for m in Mode)}")
+    if settings["socket_group"] is not None:
+        try:
+            settings["socket_group"] = str(group_id(str(settings["socket_group"])))
+        except KeyError:
+            parser.error(f"socket group {settings['socket_group']!r} does not exist")
     return settings
+
+
+def group_id(name: str) -> int:
+    """A group given by name or number."""
+    return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
 
 
 def stop_signal_pipe() -> int:
@@ -85,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     snapshotter = open_snapshotter(Path(str(settings["root"])), Mode(settings["mode"]),
                                    writable_root=Path(writable) if writable else None,
                                    erofsfuse=settings["erofsfuse"], mkfs=str(settings["mkfs_erofs"]))
-    server = serve(snapshotter, Path(str(settings["address"])))
+    group = settings["socket_group"]
+    server = serve(snapshotter, Path(str(settings["address"])), group=int(group) if group else None)
     signum = os.read(wake, 1)[0]
     log.info("%s: stopping; layer mounts stay for running containers", signal.Signals(signum).name)
     server.stop(grace=10).wait()
+    Path(str(settings["address"])).unlink(missing_ok=True)
     snapshotter.close()
     return 0
 

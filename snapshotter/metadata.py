@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -37,6 +38,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
 """
 
+DATABASE_MODE = 0o600
 _COLUMNS = ("s.id, s.key, s.kind, s.parent_id, p.key, s.created_ns, s.updated_ns, s.labels, s.mode, s.mode_reason,"
             " s.size, s.inodes")
 _SELECT = f"SELECT {_COLUMNS} FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id"
@@ -81,6 +83,12 @@ class MetadataStore:
     """All snapshot records; use every method inside ``transaction()``."""
 
     def __init__(self, path: Path) -> None:
+        # 0600 whatever the umask; SQLite gives its -wal and -shm files the database's mode
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, DATABASE_MODE)
+        try:
+            os.fchmod(fd, DATABASE_MODE)
+        finally:
+            os.close(fd)
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
         self._depth = 0

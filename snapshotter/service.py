@@ -165,17 +165,40 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
         return empty_pb2.Empty()
 
 
-def serve(snapshotter: Snapshotter, address: Path, workers: int = 8) -> grpc.Server:
-    """Listen on the unix socket ``address`` (replacing a stale one) and start serving."""
-    address.parent.mkdir(parents=True, exist_ok=True)
-    address.unlink(missing_ok=True)
+SOCKET_MODE = 0o600  # only root talks to the snapshotter
+GROUP_SOCKET_MODE = 0o660  # ... and, when one is configured, the socket's group
+
+
+def serve(snapshotter: Snapshotter, address: Path, workers: int = 8, group: int | None = None) -> grpc.Server:
+    """Listen on the unix socket ``address`` (replacing a stale one) and start serving.
+
+    The socket is bound under a temporary name with its final mode (no moment when the umask decides who
+    may connect): 0600, or 0660 owned by ``group``; it takes its name once it accepts connections, so
+    whoever sees the socket can use it. A directory made for it is as closed as the socket.
+    """
+    mode = SOCKET_MODE if group is None else GROUP_SOCKET_MODE
+    if not address.parent.is_dir():
+        address.parent.mkdir(parents=True, mode=0o700 if group is None else 0o710)
+        if group is not None:
+            os.chown(address.parent, -1, group)
+    binding = address.with_name(f".{os.getpid()}.sock")
+    binding.unlink(missing_ok=True)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                          options=[("grpc.max_receive_message_length", 16 << 20),
                                   ("grpc.max_send_message_length", 16 << 20)])
     pb_grpc.add_SnapshotsServicer_to_server(SnapshotsService(snapshotter), server)
-    if server.add_insecure_port(f"unix://{address}") == 0:
+    umask = os.umask(0o777 & ~mode)  # bind() creates the socket file
+    try:
+        bound = server.add_insecure_port(f"unix://{binding}")
+    finally:
+        os.umask(umask)
+    if bound == 0:
         raise OSError(f"cannot listen on {address}")
+    if group is not None:
+        os.chown(binding, -1, group)
+    os.chmod(binding, mode)
     server.start()
-    os.chmod(address, 0o660)
-    log.info("serving containerd.services.snapshots.v1.Snapshots on %s", address)
+    binding.rename(address)
+    log.info("serving containerd.services.snapshots.v1.Snapshots on %s (mode %04o%s)", address, mode,
+             f", group {group}" if group is not None else "")
     return server

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +44,11 @@ class Env:
     mode: str
 
 
-def start_env(base: Path, mode: str, extra: Sequence[str] = ()) -> Env:
+def start_env(base: Path, mode: str, extra: Sequence[str] = (), environment: Mapping[str, str] | None = None) -> Env:
     root, work = base / "root", base / "work"
     work.mkdir(parents=True)
     daemon = SnapshotterProcess(root, base / "snapshotter.sock", mode, *extra)
+    daemon.environment = dict(environment or {})
     daemon.start()
     return Env(Client(daemon.address), daemon, root, work, mode)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ class SnapshotterProcess:
         self.root, self.address = root, address
         self.args = ["--root", str(root), "--address", str(address), "--mode", mode, "--log-level", "debug", *extra]
         self.prefix: list[str] = []  # e.g. unshare, to run it in namespaces
+        self.environment: dict[str, str] = {}  # added to this process's environment
         self.log = root.parent / f"{root.name}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -31,9 +33,12 @@ class SnapshotterProcess:
         return [sys.executable, "-m", "snapshotter.main"]
 
     def start(self) -> None:
+        """Start and wait until it serves: the socket takes its name once it accepts connections (one that a
+        killed process left behind is removed first, or it would look ready)."""
+        self.address.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([*self.prefix, *self.base_command(), *self.args], stdout=log, stderr=log,
-                                         cwd=REPO)
+                                         cwd=REPO, env={**os.environ, **self.environment})
         deadline = time.monotonic() + 30
         while not self.address.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -51,6 +56,18 @@ class SnapshotterProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+
+    def wait_killed(self, timeout: float = 30) -> int:
+        """Wait for a process that is expected to die on its own (a fault point); returns its exit status."""
+        assert self.proc is not None
+        proc, self.proc = self.proc, None
+        return proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a careless admin would."""
+        assert self.proc is not None
+        self.proc.kill()
+        assert self.wait_killed() == -signal.SIGKILL
 
     def restart(self) -> None:
         assert self.stop() == 0, self.log.read_text()[-3000:]

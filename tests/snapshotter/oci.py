@@ -19,7 +19,7 @@ from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "cat", "ls", "find", "stat", "id", "sort", "sha256sum", "xargs", "echo", "head", "wc", "du", "rm",
-           "mkdir", "touch", "readlink")
+           "mkdir", "touch", "readlink", "sleep")
 MTIME = 1_600_000_000
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n"
 GROUP = b"root:x:0:\nuser:x:1000:\n"

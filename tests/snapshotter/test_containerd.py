@@ -3,8 +3,10 @@ snapshotter, run containers, and compare everything with containerd's own overla
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from snapshotter.planner import MODE_LABEL
+from tests.fusemount import wait_gone
 from tests.snapshotter import containerd, fstest, oci
-from tests.snapshotter.conftest import mode_param
+from tests.snapshotter.conftest import erofsfuse_missing, mode_param
 from tests.snapshotter.daemon import Client, SnapshotterProcess
-from tests.snapshotter.mounting import mount_one, unmount_all, unmount_below
+from tests.snapshotter.mounting import mount_one, mounts_below, unmount_all, unmount_below
+from tests.snapshotter.test_lifecycle import stack_daemons, upper_of
 
 pytestmark = [
     pytest.mark.skipif(containerd.available() is not None, reason=str(containerd.available())),
@@ -48,20 +52,26 @@ def image(tmp_path_factory) -> oci.Image:
     return oci.build_archive(base / "image.tar", layers, ["/bin/sh", "-c", SCRIPT], {"root": "", "user": "1000:1000"})
 
 
-@pytest.fixture(params=[mode_param("kernel"), mode_param("fuse")])
-def stack(request, tmp_path: Path) -> Iterator[tuple[containerd.Containerd, SnapshotterProcess, str]]:
-    base = tmp_path / "e2e"
+@contextlib.contextmanager
+def running_stack(base: Path, mode: str) -> Iterator[tuple[containerd.Containerd, SnapshotterProcess]]:
+    """containerd with the snapshotter as its "erofs" proxy plugin."""
     base.mkdir()
-    snapshotter = SnapshotterProcess(base / "snapshotter", base / "snapshotter.sock", request.param)
+    snapshotter = SnapshotterProcess(base / "snapshotter", base / "snapshotter.sock", mode)
     snapshotter.start()
     daemon = containerd.Containerd(base, snapshotter.address)
     try:
         daemon.start()
-        yield daemon, snapshotter, request.param
+        yield daemon, snapshotter
     finally:
         daemon.stop()
         snapshotter.stop()
         unmount_below(base)
+
+
+@pytest.fixture(params=[mode_param("kernel"), mode_param("fuse")])
+def stack(request, tmp_path: Path) -> Iterator[tuple[containerd.Containerd, SnapshotterProcess, str]]:
+    with running_stack(tmp_path / "e2e", request.param) as (daemon, snapshotter):
+        yield daemon, snapshotter, request.param
 
 
 def wait_for_reconnect(daemon: containerd.Containerd) -> None:
@@ -129,3 +139,82 @@ def test_containers_see_what_overlayfs_shows(stack, image: oci.Image, tmp_path: 
         for name, target in rootfs.items():
             unmount_all(target)
             daemon.ctr("containers", "rm", f"rootfs-{name}", check=False)
+
+
+# Reads files of every layer every 100 ms, each time also looking up a name never looked up before (so the
+# lookup reaches the erofsfuse daemon, past every cache), and appends what it saw to /reads in its upper dir.
+READER = r"""i=0
+while :; do
+  i=$((i+1))
+  echo "$i|$(cat /data/keep.txt 2>&1)|$(cat /opaque/new.txt 2>&1)|$(ls /data/probe-$i 2>&1)" >> /reads
+  sleep 0.1
+done
+"""
+
+
+class Reads:
+    """What the reader container saw, from its upper dir on the host."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.first = self.wait_for(1)[0]
+        # e.g. "1|version 2|only this survives|ls: /data/probe-1: No such file or directory"
+        assert "version 2" in self.first and "only this survives" in self.first, self.first
+
+    def lines(self) -> list[str]:
+        return self.path.read_text().splitlines() if self.path.exists() else []
+
+    def wait_for(self, count: int) -> list[str]:
+        deadline = time.monotonic() + 60
+        while len(lines := self.lines()) < count:
+            assert time.monotonic() < deadline, f"the container stopped reading: {lines[-3:]}"
+            time.sleep(0.05)
+        return lines
+
+    def check_more(self, count: int = 10) -> None:
+        """``count`` more reads happen, and every read so far saw exactly what the first one saw."""
+        lines = self.wait_for(len(self.lines()) + count)
+        _, *files, probe = self.first.split("|")
+        expected = ["|".join([str(i), *files, probe.replace("probe-1:", f"probe-{i}:")])
+                    for i in range(1, len(lines) + 1)]
+        wrong = [(seen, want) for seen, want in zip(lines, expected, strict=True) if seen != want]
+        assert not wrong, wrong[:5]
+
+
+@pytest.mark.skipif(erofsfuse_missing() is not None, reason=str(erofsfuse_missing()))
+def test_a_running_container_outlives_restarts_and_a_killed_daemon(image: oci.Image, tmp_path: Path) -> None:
+    """fuse mode: a container keeps reading its files while the snapshotter is stopped, killed with SIGKILL
+    and started again (it adopts the mounts as they are), and while the erofsfuse worker serving its layers
+    is killed with SIGKILL (the keeper resumes the same connection in a new worker)."""
+    with running_stack(tmp_path / "e2e", "fuse") as (daemon, snapshotter):
+        daemon.ctr("images", "import", "--snapshotter", "erofs", str(image.archive))
+        daemon.ctr("run", "-d", "--snapshotter", "erofs", image.refs["root"], "reader", "sh", "-c", READER)
+        try:
+            client = Client(snapshotter.address)
+            (active,) = [i for i in client.walk("kind==active") if i.name.endswith("/reader")]
+            reads = Reads(upper_of(client.mounts(active.name)) / "reads")
+            client.close()
+            mounts, daemons = mounts_below(snapshotter.root), stack_daemons(snapshotter.root)
+            ((stack_dir, serving),) = daemons.items()
+
+            for stop in (snapshotter.stop, snapshotter.kill):
+                stop()
+                reads.check_more(5)  # no snapshotter at all
+                snapshotter.start()
+                wait_for_reconnect(daemon)
+                reads.check_more()
+                assert mounts_below(snapshotter.root) == mounts  # adopted, nothing mounted again
+                assert stack_daemons(snapshotter.root) == daemons
+            assert "adopting erofsfuse for chain" in snapshotter.log.read_text()
+
+            os.kill(serving.workers[0], signal.SIGKILL)
+            assert wait_gone(list(serving.workers))
+            reads.check_more()
+            resumed = stack_daemons(snapshotter.root)[stack_dir]
+            assert resumed.keeper == serving.keeper and resumed.workers != serving.workers
+            assert mounts_below(snapshotter.root) == mounts
+            exec_out = daemon.ctr("task", "exec", "--exec-id", "probe", "reader", "cat", "/data/added.txt").stdout
+            assert exec_out == "added in layer 2\n"  # new processes start in the container too
+        finally:
+            daemon.ctr("task", "delete", "--force", "reader", check=False)
+            daemon.ctr("containers", "rm", "reader", check=False)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from snapshotter.daemons import DaemonProcesses, daemon_processes
 from snapshotter.planner import MODE_LABEL, MODE_REASON_LABEL
+from tests.fusemount import wait_gone
 from tests.kernel import erofs_mount, mount
 from tests.snapshotter import fstest
 from tests.snapshotter.conftest import Env, mode_param, start_env, stop_env
+from tests.snapshotter.mounting import mounts_below, unmount_below
 from tests.snapshotter.test_testsuite import mounted
 from tests.trees import describe_path, diff_trees
 
@@ -46,37 +49,23 @@ def upper_of(mounts) -> Path:
 
 def snapshot_mounts(env: Env) -> list[tuple[str, str]]:
     """(mountpoint relative to the root, fstype) of the mounts the snapshotter holds."""
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            target = Path(fields[4])
-            if env.root in target.parents:
-                found.append((str(target.relative_to(env.root)), fields[fields.index("-") + 1]))
-    return sorted(found)
+    return sorted((str(m.target.relative_to(env.root)), m.fstype) for m in mounts_below(env.root)
+                  if m.target != env.root)
 
 
-def erofsfuse_processes(env: Env) -> list[str]:
-    """Command lines of the erofsfuse daemons serving this snapshotter's root."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        line = " ".join(a.decode(errors="replace") for a in args)
-        if any(Path(os.fsdecode(a)).name == "erofsfuse" for a in args[:2]) and str(env.root) in line:
-            found.append(line)
-    return found
+def parent_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
-def settled_erofsfuse_processes(env: Env) -> list[str]:
-    """The daemons left once stopped ones had time to exit (they exit when the kernel lets go of the mount)."""
-    deadline = time.monotonic() + 10
-    while (found := erofsfuse_processes(env)) and time.monotonic() < deadline:
-        if len(found) == len(snapshot_mounts(env)):
-            return found
-        time.sleep(0.05)
+def stack_daemons(root: Path) -> dict[Path, DaemonProcesses]:
+    """The keeper and workers of each erofsfuse mount under a snapshotter's root, checked against the process
+    tree: the keeper is alive and is the parent of its one worker."""
+    stacks = [m.target for m in mounts_below(root) if m.fstype.startswith("fuse")]
+    found = daemon_processes(stacks)
+    for mountpoint, daemon in found.items():
+        assert daemon.keeper is not None and len(daemon.workers) == 1, (mountpoint, daemon)
+        assert parent_pid(daemon.workers[0]) == daemon.keeper
     return found
 
 
@@ -148,7 +137,7 @@ def test_mounts_follow_snapshots_and_fuse_stacks_are_shared(env: Env) -> None:
             str(env.root / mnt) for mnt, _ in sorted(held, reverse=True))
     else:
         assert held == [(str((ids["layer-1"]).relative_to(env.root)), "fuse.erofs")]
-        assert len(settled_erofsfuse_processes(env)) == 1
+        (daemon,) = stack_daemons(env.root).values()
     for target_name, mounts in (("first", first), ("second", second)):
         with mounted(mounts, env.work / target_name) as target:
             fstest.check_directory_equal_with_applier(target, fstest.apply(LAYER_1, LAYER_2))
@@ -157,7 +146,8 @@ def test_mounts_follow_snapshots_and_fuse_stacks_are_shared(env: Env) -> None:
     assert snapshot_mounts(env) == held  # still used by "second"
     c.remove("second")
     assert snapshot_mounts(env) == []
-    assert settled_erofsfuse_processes(env) == []
+    if env.mode == "fuse":
+        assert wait_gone([daemon.keeper, *daemon.workers])
 
 
 def test_restart_keeps_records_and_mounts(env: Env) -> None:
@@ -189,7 +179,6 @@ def test_mounts_come_back_after_they_vanish(env: Env) -> None:
     build_chain(env, LAYER_1, LAYER_2)
     c.prepare("container", "layer-1")
     env.daemon.stop()
-    from tests.snapshotter.mounting import unmount_below
     unmount_below(env.root)
     env.daemon.start()
     with mounted(c.mounts("container"), env.work / "container") as target:
@@ -305,18 +294,36 @@ def test_commit_can_rebase_a_parentless_snapshot(env: Env) -> None:
 
 
 @pytest.mark.parametrize("env", [mode_param("fuse")], indirect=True)
-def test_a_killed_erofsfuse_is_restarted(env: Env) -> None:
+def test_a_stack_outlives_its_worker_and_keeper(env: Env) -> None:
+    """A killed worker is replaced by its keeper on the same mount, so the snapshotter keeps that mount; so it
+    does when the keeper dies (the worker serves on); only once both are dead is the chain mounted again."""
     c = env.client
     build_chain(env, LAYER_1, LAYER_2)
-    c.prepare("container", "layer-1")
-    (daemon,) = settled_erofsfuse_processes(env)
-    pids = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
-            if p.read_bytes().replace(b"\0", b" ").decode(errors="replace").strip() == daemon.strip()]
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while erofsfuse_processes(env) and time.monotonic() < deadline:  # dead, its mount answers ENOTCONN
-        time.sleep(0.05)
-    with mounted(c.mounts("container"), env.work / "container") as target:
-        fstest.check_directory_equal_with_applier(target, fstest.apply(LAYER_1, LAYER_2))
-    assert "died; restarting it" in env.daemon.log.read_text()
+    prepared = c.prepare("container", "layer-1")
+    with mounted(prepared, env.work / "container") as rootfs:
+        ((stack, daemon),) = stack_daemons(env.root).items()
+        (original,) = mounts_below(stack)
+        os.kill(daemon.workers[0], signal.SIGKILL)
+        assert wait_gone(list(daemon.workers))
+        fstest.check_directory_equal_with_applier(rootfs, fstest.apply(LAYER_1, LAYER_2))  # the overlay reads on
+        assert c.mounts("container") == prepared
+        assert mounts_below(stack) == [original]
+        replaced = stack_daemons(env.root)[stack]
+        assert replaced.keeper == daemon.keeper and replaced.workers != daemon.workers
+
+        os.kill(replaced.keeper, signal.SIGKILL)
+        assert wait_gone([replaced.keeper])
+        assert c.mounts("container") == prepared
+        assert mounts_below(stack) == [original]  # left alone: it answers
+        assert daemon_processes([stack])[stack] == DaemonProcesses(None, replaced.workers)
+        fstest.check_directory_equal_with_applier(rootfs, fstest.apply(LAYER_1, LAYER_2))
+
+    os.kill(replaced.workers[0], signal.SIGKILL)
+    assert wait_gone(list(replaced.workers))
+    with pytest.raises(OSError) as dead:
+        os.statvfs(stack)
+    assert dead.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    with mounted(c.mounts("container"), env.work / "container") as rootfs:
+        fstest.check_directory_equal_with_applier(rootfs, fstest.apply(LAYER_1, LAYER_2))
+        assert stack_daemons(env.root)[stack].keeper != replaced.keeper  # a new daemon serves the chain
+    assert "mounting the chain again" in env.daemon.log.read_text()
