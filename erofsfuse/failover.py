@@ -19,21 +19,19 @@ The synthetic INIT claims protocol 7.13: that keeps libfuse on plain
 read/writev (no splice, which a socket cannot do) while every request and
 reply the kernel exchanges still has the layout libfuse expects.
 
-This module imports only the standard library: the keeper is exec'ed from
-it and stays small.
+The keeper is forked from the process the ``erofsfuse`` command started, and
+workers are forked from the keeper, so starting or replacing a worker costs
+no interpreter start-up.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import logging
-import logging.handlers
 import os
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -167,26 +165,42 @@ class ConnectionProxy:
 
 # -- the keeper ------------------------------------------------------------------------------------------------
 
-class Keeper:
-    """Holds the connection, starts the worker, respawns it when it dies unasked."""
+WorkerStarter = Callable[[int, "int | None", list[int]], int]
+KEEPER_NAME = b"erofsfuse-keep"
+WORKER_NAME = b"erofsfuse"
 
-    def __init__(self, worker_argv: list[str], ready_fd: int, mountpoint: str):
-        self.worker_argv = worker_argv
+
+def name_process(name: bytes) -> None:
+    """Set this process's name (``ps``, /proc/PID/comm): keepers and workers tell themselves apart by it."""
+    import ctypes
+
+    pr_set_name = 15
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, ctypes.c_char_p(name[:15]), 0, 0, 0)
+
+
+class Keeper:
+    """Holds the connection, starts the worker, respawns it when it dies unasked.
+
+    ``start_worker(channel_fd, resume_fd, close_fds)`` starts a worker process
+    (forked from this already loaded process, which takes milliseconds) that
+    reports on ``channel_fd`` and returns its pid.
+    """
+
+    def __init__(self, start_worker: WorkerStarter, ready_fd: int, mountpoint: str, on_ready: Callable[[], None]):
+        self.start_worker = start_worker
         self.ready_fd = ready_fd
         self.mountpoint = mountpoint
+        self.on_ready = on_ready
         self.device_fd: int | None = None
-        self.worker: subprocess.Popen | None = None
+        self.worker = 0
         self.stopping = False
         self.respawns: list[float] = []
 
     def _spawn(self, resume: bool) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = [*self.worker_argv, f"--keeper-fd={theirs.fileno()}"]
-        fds = [theirs.fileno()]
-        if resume:
-            argv.append(f"--resume-fd={self.device_fd}")
-            fds.append(self.device_fd)
-        self.worker = subprocess.Popen(argv, pass_fds=fds)
+        close_in_worker = [ours.fileno()] + ([self.ready_fd] if self.ready_fd >= 0 else [])
+        self.worker = self.start_worker(theirs.fileno(), self.device_fd if resume else None, close_in_worker)
         theirs.close()
         return ours
 
@@ -211,22 +225,34 @@ class Keeper:
 
     def _forward(self, signum: int, frame: object) -> None:
         self.stopping = True
-        if self.worker and self.worker.poll() is None:
-            self.worker.send_signal(signal.SIGTERM)
+        if self.worker:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.worker, signal.SIGTERM)
+
+    def _wait_worker(self) -> int:
+        """The worker's exit: its status, or minus the signal that killed it."""
+        while True:
+            try:
+                _, status = os.waitpid(self.worker, 0)
+            except InterruptedError:
+                continue
+            return os.waitstatus_to_exitcode(status)
 
     def run(self) -> int:
+        name_process(KEEPER_NAME)
         protect_from_oom()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._forward)
         error = self._await_ready(self._spawn(resume=False))
         os.write(self.ready_fd, f"error: {error}".encode() if error else b"ready")
         os.close(self.ready_fd)
+        self.ready_fd = -1
         if error:
-            self.worker.wait()
+            self._wait_worker()
             return 1
-        detach_stdio()
+        self.on_ready()
         while True:
-            status = self.worker.wait()
+            status = self._wait_worker()
             if self.stopping or status == 0:
                 log.info("worker exited (status %d); the mount on %s is gone", status, self.mountpoint)
                 return 0
@@ -247,31 +273,3 @@ def describe_status(status: int) -> str:
     if status < 0:
         return f"killed by {signal.Signals(-status).name}"
     return f"exit status {status}"
-
-
-def detach_stdio() -> None:
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-
-
-def keeper_main(argv: list[str] | None = None) -> int:
-    """Entry point of the keeper process (exec'ed by ``erofsfuse -o failover``)."""
-    parser = argparse.ArgumentParser(prog="erofsfuse-keeper")
-    parser.add_argument("--ready-fd", type=int, required=True)
-    parser.add_argument("--mountpoint", required=True)
-    parser.add_argument("--log", default=None)
-    parser.add_argument("worker", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    handler: logging.Handler = logging.FileHandler(args.log) if args.log else logging.NullHandler()
-    if not args.log and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler("/dev/log")
-    handler.setFormatter(logging.Formatter("%(asctime)s erofsfuse-keeper[%(process)d] %(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-    worker = args.worker[1:] if args.worker[:1] == ["--"] else args.worker
-    return Keeper(worker, args.ready_fd, args.mountpoint).run()
-
-
-if __name__ == "__main__":
-    sys.exit(keeper_main())

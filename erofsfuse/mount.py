@@ -31,7 +31,7 @@ import trio
 
 from . import ondisk as d
 from .errors import ErofsError
-from .failover import ConnectionProxy, fuse_device_fd, protect_from_oom
+from .failover import WORKER_NAME, ConnectionProxy, Keeper, fuse_device_fd, name_process, protect_from_oom
 from .fuseops import ErofsOperations
 from .tree import Tree, open_tree
 
@@ -111,8 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="mount options: allow_other, fsname=, subtype=, device=PATH, offset=N, threads=N, cache_mib=N, "
                         "log=FILE (where a background daemon logs; default syslog), failover (survive SIGKILL)")
-    p.add_argument("--keeper-fd", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--resume-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("image", metavar="IMAGE", help="EROFS image, or a JSON stack file of layers")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     return p
@@ -227,8 +225,9 @@ class Readiness:
             detach_logging(self.log_path)
 
 
-def run(args: argparse.Namespace, opts: MountOptions, readiness: Readiness) -> int:
-    """Open the image, mount (or resume a connection), report readiness, serve until unmounted."""
+def run(args: argparse.Namespace, opts: MountOptions, readiness: Readiness, resume_fd: int | None = None) -> int:
+    """Open the image, mount (or resume the connection ``resume_fd``), report readiness, serve until unmounted."""
+    name_process(WORKER_NAME)
     offset = opts.offset if opts.offset is not None else (args.offset or 0)
     try:
         tree = open_tree(args.image, args.device + opts.devices, offset, cache_bytes=opts.cache_mib << 20)
@@ -242,7 +241,7 @@ def run(args: argparse.Namespace, opts: MountOptions, readiness: Readiness) -> i
         fuse_opts.add("subtype=erofsfuse")
     ops = ErofsOperations(tree, debug=args.debug, threads=opts.threads)
     mountpoint = os.path.realpath(args.mountpoint)
-    proxy = ConnectionProxy(args.resume_fd, on_closed=lambda: None) if args.resume_fd is not None else None
+    proxy = ConnectionProxy(resume_fd, on_closed=lambda: None) if resume_fd is not None else None
     if proxy is None and (problem := fuse_problem()):
         readiness.report(f"cannot mount on {args.mountpoint}: {problem}")
         return 1
@@ -329,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"erofsfuse: mountpoint {args.mountpoint} is not a directory", file=sys.stderr)
         return 1
     background = not (args.foreground or args.debug)
-    if background and opts.failover and args.keeper_fd is None:
-        start_keeper(argv, args.mountpoint, opts.log, daemonize())
-    readiness = Readiness(daemonize() if background and args.keeper_fd is None else None, args.keeper_fd, opts.log)
+    if background and opts.failover:
+        return run_keeper(args, opts, daemonize())
+    readiness = Readiness(daemonize() if background else None, None, opts.log)
     try:
         return run(args, opts, readiness)
     except BaseException:
@@ -339,14 +338,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def start_keeper(argv: list[str], mountpoint: str, log_path: str | None, ready_fd: int) -> None:
-    """Replace this (daemonized) process by a keeper that runs the worker in the foreground."""
-    os.set_inheritable(ready_fd, True)
-    keeper = [sys.executable, "-m", "erofsfuse.failover", f"--ready-fd={ready_fd}",
-              f"--mountpoint={os.path.realpath(mountpoint)}"]
-    if log_path:
-        keeper.append(f"--log={log_path}")
-    os.execv(sys.executable, [*keeper, "--", sys.executable, "-m", "erofsfuse.mount", "-f", *argv])
+def run_keeper(args: argparse.Namespace, opts: MountOptions, ready_fd: int) -> int:
+    """Become the keeper of a failover mount; workers are forked from here."""
+
+    def start_worker(channel_fd: int, resume_fd: int | None, close_fds: list[int]) -> int:
+        pid = os.fork()
+        if pid:
+            return pid
+        status = 1
+        try:
+            for fd in close_fds:
+                os.close(fd)
+            status = run(args, opts, Readiness(None, channel_fd, opts.log), resume_fd)
+        except BaseException:
+            log.exception("erofsfuse worker failed")
+        finally:
+            os._exit(status)
+
+    keeper = Keeper(start_worker, ready_fd, os.path.realpath(args.mountpoint), lambda: detach_logging(opts.log))
+    return keeper.run()
 
 
 if __name__ == "__main__":

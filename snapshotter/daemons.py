@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from erofsfuse.failover import KEEPER_NAME, WORKER_NAME
+
 from .errors import MountError
 from .layout import Layout, make_dir, write_file
 from .mounts import mounts_under, unmount
@@ -90,10 +92,10 @@ class DaemonProcesses:
 
 
 def daemon_processes(mountpoints: Iterable[Path]) -> dict[Path, DaemonProcesses]:
-    """Find the erofsfuse processes of each mountpoint by their command lines (one pass over /proc).
+    """Find the erofsfuse processes of each mountpoint (one pass over /proc).
 
-    The keeper runs ``python -m erofsfuse.failover --mountpoint=MNT``; a worker runs the ``erofsfuse`` script
-    or ``python -m erofsfuse.mount`` with MNT as an argument.
+    Keepers and workers name themselves (``erofsfuse-keep``, ``erofsfuse``); both carry the command line
+    that started them, which names the mountpoint.
     """
     wanted = {os.fsencode(m): m for m in mountpoints}
     keepers: dict[Path, int] = {}
@@ -102,18 +104,20 @@ def daemon_processes(mountpoints: Iterable[Path]) -> dict[Path, DaemonProcesses]
         if not entry.isdigit():
             continue
         try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                name = f.read().strip()
+            if name not in (KEEPER_NAME, WORKER_NAME):
+                continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 args = f.read().split(b"\0")
         except OSError:
             continue
-        if not any(os.path.basename(a).startswith(b"erofsfuse") for a in args[:3]):  # the script or -m module
-            continue
-        is_keeper = b"erofsfuse.failover" in args[:3]
         for raw, mountpoint in wanted.items():
-            if is_keeper and b"--mountpoint=" + raw in args:
-                keepers[mountpoint] = int(entry)
-            elif not is_keeper and raw in args:
-                workers[mountpoint].append(int(entry))
+            if raw in args:
+                if name == KEEPER_NAME:
+                    keepers[mountpoint] = int(entry)
+                else:
+                    workers[mountpoint].append(int(entry))
     return {m: DaemonProcesses(keepers.get(m), tuple(sorted(workers[m]))) for m in wanted.values()}
 
 

@@ -22,15 +22,17 @@ NAME = "lz4hc-C1M-big"
 
 
 def keeper_and_worker(mountpoint: str) -> tuple[int, int]:
-    """Find the keeper (its command line names the mountpoint) and its worker child."""
-    target = os.path.realpath(mountpoint)
+    """Find the keeper (named erofsfuse-keep, its command line names the mountpoint) and its worker child."""
+    target = os.path.realpath(mountpoint).encode()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                name = f.read().strip()
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 args = f.read().split(b"\0")
         except OSError:
             continue
-        if b"erofsfuse.failover" in args and f"--mountpoint={target}".encode() in args:
+        if name == b"erofsfuse-keep" and any(os.path.realpath(a) == target for a in args if a):
             children = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
             return int(pid), int(children[0])
     raise AssertionError(f"no keeper for {mountpoint}")
