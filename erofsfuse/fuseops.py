@@ -18,6 +18,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from .busypoll import BusyPoll
 from .errors import ErofsError
 from .tree import ROOT_INO, Node, Tree
 
@@ -41,6 +42,7 @@ def fuse_handler(method: Callable) -> Callable:
 
     @functools.wraps(method)
     async def handler(self: ErofsOperations, *args):
+        self.activity.touch()
         try:
             result = await method(self, *args)
         except pyfuse3.FUSEError as exc:
@@ -79,7 +81,7 @@ class ErofsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_acl = True  # let the kernel enforce POSIX ACLs as it does for EROFS
 
-    def __init__(self, tree: Tree, *, debug: bool = False, threads: int = 4):
+    def __init__(self, tree: Tree, *, debug: bool = False, threads: int = 4, busy_poll: float = 0.0):
         super().__init__()
         self.tree = tree
         self.debug = debug
@@ -88,6 +90,7 @@ class ErofsOperations(pyfuse3.Operations):
         self._reported: set[tuple[int | None, str]] = set()
         self._limiter = trio.CapacityLimiter(threads)
         self.block_size = tree.root.image.sb.block_size
+        self.activity = BusyPoll(busy_poll)  # run by the FUSE loop next to pyfuse3.main
 
     # -- bookkeeping -------------------------------------------------------------
     def report(self, op: str, args: tuple, exc: ErofsError, code: int) -> None:

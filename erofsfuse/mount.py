@@ -61,6 +61,7 @@ class MountOptions:
     offset: int | None = None
     threads: int = 4
     cache_mib: int = 32
+    busy_poll_us: int = 200
     log: str | None = None
     failover: bool = False
 
@@ -80,6 +81,8 @@ def parse_options(values: list[str]) -> MountOptions:
                 opts.threads = max(1, _integer(key, arg))
             elif key == "cache_mib" and eq:
                 opts.cache_mib = max(1, _integer(key, arg))
+            elif key == "busy_poll" and eq:
+                opts.busy_poll_us = max(0, _integer(key, arg))
             elif key == "log" and eq:
                 opts.log = arg
             elif key == "failover" and not eq:
@@ -109,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
-                   help="mount options: allow_other, fsname=, subtype=, device=PATH, offset=N, threads=N, cache_mib=N, "
-                        "log=FILE (where a background daemon logs; default syslog), failover (survive SIGKILL)")
+                   help="mount options: allow_other, fsname=, subtype=, device=PATH, offset=N, threads=N, "
+                        "cache_mib=N, busy_poll=USEC, log=FILE (where a background daemon logs; default syslog), "
+                        "failover (survive SIGKILL)")
     p.add_argument("image", metavar="IMAGE", help="EROFS image, or a JSON stack file of layers")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     return p
@@ -193,6 +197,7 @@ async def serve(ops: ErofsOperations, mountpoint: str, proxy: ConnectionProxy | 
                     return
 
         nursery.start_soon(watch_signals)
+        nursery.start_soon(ops.activity.run)
         if proxy is not None:
             token = trio.lowlevel.current_trio_token()
             proxy.on_closed = lambda: trio.from_thread.run_sync(pyfuse3.terminate, trio_token=token)
@@ -239,7 +244,7 @@ def run(args: argparse.Namespace, opts: MountOptions, readiness: Readiness, resu
         fuse_opts.add("fsname=" + os.path.abspath(args.image).replace("\\", "\\\\").replace(",", "\\,"))
     if not any(o.startswith("subtype=") for o in fuse_opts):
         fuse_opts.add("subtype=erofsfuse")
-    ops = ErofsOperations(tree, debug=args.debug, threads=opts.threads)
+    ops = ErofsOperations(tree, debug=args.debug, threads=opts.threads, busy_poll=opts.busy_poll_us / 1e6)
     mountpoint = os.path.realpath(args.mountpoint)
     proxy = ConnectionProxy(resume_fd, on_closed=lambda: None) if resume_fd is not None else None
     if proxy is None and (problem := fuse_problem()):

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,27 @@ def test_image_embedded_at_an_offset(tmp_path, how):
             assert not diff_trees(corpus.manifest(name)["entries"], describe_path(mnt))
         finally:
             unmount(mnt)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("busy_poll", ["0", "200", "100000"])
+def test_busy_polling_stops_when_requests_stop(busy_poll):
+    """After a burst of requests the daemon polls for at most its window, then sleeps: an idle mount costs no CPU."""
+    name = "plain"
+    m = corpus.manifest(name)
+    path = next(p for p, e in m["entries"].items() if e["type"] == "file")
+    with fuse_mount(corpus.image_path(name), options=[f"busy_poll={busy_poll}"]) as mnt:
+        [pid] = daemon_pids(mnt)
+        for _ in range(2000):
+            with pytest.raises(OSError) as info:
+                os.getxattr(mnt + path, "user.absent")
+            assert info.value.errno == errno.ENODATA
+        assert sha256_of(mnt + path) == m["entries"][path]["sha256"]
+        time.sleep(int(busy_poll) / 1e6 + 0.2)
+        before = _cpu_seconds(pid)
+        time.sleep(1.0)
+        assert _cpu_seconds(pid) - before < 0.05
