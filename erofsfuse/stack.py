@@ -201,11 +201,21 @@ class StackTree(Tree):
         if start < 2:
             yield b"..", node, 2
         names = self._merged_names(node)
+        merged = len(node.parts) > 1
         for pos in range(max(start - 2, 0), len(names)):
-            name = names[pos][0]
-            child = self.lookup(node, name)
-            if child is not None:
-                yield name, child, pos + 3
+            name, img, nid = names[pos]
+            inode = img.inode(nid)
+            if is_whiteout(inode):
+                continue
+            if merged and inode.is_dir:
+                # the same name in the layers below may merge into it: the full lookup decides
+                child = self.lookup(node, name)
+                if child is None:
+                    continue
+            else:
+                # the topmost layer with the name provides it, exactly as lookup() would find
+                child = self._node(((img, inode),))
+            yield name, child, pos + 3
 
     # -- attributes --------------------------------------------------------------
     def nlink(self, node: Node) -> int:
