@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from . import __version__
 from . import ondisk as d
 from .errors import ErofsError
 from .failover import WORKER_NAME, ConnectionProxy, Keeper, fuse_device_fd, name_process, protect_from_oom
@@ -105,6 +106,7 @@ def _integer(key: str, text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="erofsfuse", description="Mount an EROFS image or a stack of images with FUSE.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--device", action="append", default=[], metavar="PATH",
                    help="an extra device, in device-table order (repeat as needed)")
     p.add_argument("--offset", type=lambda s: int(s, 0), default=None, metavar="BYTES",

@@ -17,6 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 
+from . import __version__
 from . import ondisk as d
 from .errors import ErofsError
 from .extract import extract
@@ -224,6 +225,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     common.add_argument("image", metavar="IMAGE", help="the EROFS image (primary device)")
 
     parser = argparse.ArgumentParser(prog="erofstool", description="Inspect, verify and extract EROFS images.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, Callable[..., int], str]] = [
         ("info", cmd_info, "superblock, features, devices and compression settings"),

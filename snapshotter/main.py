@@ -23,6 +23,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from erofsfuse import __version__
+
 from .core import open_snapshotter
 from .planner import Mode
 from .service import serve
@@ -44,6 +46,7 @@ DEFAULTS = {
 def parse_settings(argv: list[str] | None = None) -> dict[str, str | None]:
     parser = argparse.ArgumentParser(prog="erofs-snapshotter", description=(
         "containerd snapshotter keeping layers as EROFS blobs, mounted with the kernel or erofsfuse"))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", type=Path, help="TOML file with the settings below")
     parser.add_argument("--root", help=f"state directory (default {DEFAULTS['root']})")
     parser.add_argument("--address", help=f"unix socket to serve on (default {DEFAULTS['address']})")

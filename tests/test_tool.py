@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.metadata
 import io
 import os
 import posixpath
 import re
 import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -336,3 +339,10 @@ def test_progress_draws_only_on_a_terminal():
     text = shown.getvalue()
     assert "checking [" in text and " 50% 100/200" in text and " 50% 101/200" in text
     assert "\r\x1b[Ka problem\n" in text and text.endswith("\r\x1b[K")
+
+
+@pytest.mark.parametrize("module", ["erofsfuse.tool", "erofsfuse.mount", "snapshotter.main"])
+def test_version_is_the_installed_distributions(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert proc.stdout.split()[-1] == importlib.metadata.version("erofsfuse")
