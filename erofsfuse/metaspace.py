@@ -1,4 +1,4 @@
-"""Byte-addressed metadata spaces with a shared block cache.
+"""Byte-addressed metadata spaces, each with its own cache of aligned chunks.
 
 EROFS metadata (inodes, inline data, indexes, xattrs) normally lives on the
 primary device. With the metabox feature, inodes whose nid has bit 63 set
@@ -22,7 +22,6 @@ class MetaSpace:
     def __init__(self, name: str, blkszbits: int, size: int, fetch: Callable[[int, int], bytes], cache_bytes: int):
         self.name = name
         self.blkszbits = blkszbits
-        self.block_size = 1 << blkszbits
         self.chunk_bits = max(CHUNK_BITS, blkszbits)
         self.size = size
         self._fetch = fetch
@@ -34,15 +33,6 @@ class MetaSpace:
         if start >= self.size or start < 0:
             raise CorruptImage(f"metadata at {start} is past the end of the {self.name} ({self.size} bytes)")
         return self._fetch(start, min(1 << self.chunk_bits, self.size - start))
-
-    def block(self, blkno: int) -> bytes:
-        """Block ``blkno`` (shorter than a block only at the end of the space)."""
-        pos = blkno << self.blkszbits
-        off = pos & ((1 << self.chunk_bits) - 1)
-        data = self.chunk(pos >> self.chunk_bits)[off : off + self.block_size]
-        if not data:
-            raise CorruptImage(f"metadata block {blkno} is past the end of the {self.name} ({self.size} bytes)")
-        return data
 
     def read(self, pos: int, length: int) -> bytes:
         """Exactly ``length`` bytes at ``pos``, across chunk boundaries if needed."""
