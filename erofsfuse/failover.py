@@ -27,6 +27,7 @@ no interpreter start-up.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -47,8 +48,14 @@ FAKE_INIT_UNIQUE = (1 << 62) - 1
 # what the kernel offers that this daemon relies on: async reads, readdirplus, POSIX ACLs, big requests
 INIT_FLAGS = (1 << 0) | (1 << 5) | (1 << 13) | (1 << 14) | (1 << 18) | (1 << 20) | (1 << 22)
 MESSAGE_MAX = 4 << 20
+READY = b"ready"  # what a starting daemon reports once its mount is live; otherwise "error: ..."
 RESPAWN_LIMIT = 10  # respawns within RESPAWN_WINDOW seconds before the keeper gives up
 RESPAWN_WINDOW = 60.0
+
+
+def ready_message(error: str | None) -> bytes:
+    """The report of a starting daemon (worker) to whoever waits for its mount."""
+    return f"error: {error}".encode() if error else READY
 
 
 def fake_init() -> bytes:
@@ -139,7 +146,7 @@ class ConnectionProxy:
             except InterruptedError:
                 continue
             except OSError as exc:
-                if exc.errno == 2:  # ENOENT: the request was interrupted before it was read
+                if exc.errno == errno.ENOENT:  # the request was interrupted before it was read
                     continue
                 break
             if not message:
@@ -154,7 +161,7 @@ class ConnectionProxy:
         try:
             os.write(self.device_fd, message)
         except OSError as exc:
-            if exc.errno != 2:  # ENOENT: the request was interrupted meanwhile, nobody waits for the reply
+            if exc.errno != errno.ENOENT:  # the request was interrupted meanwhile, nobody waits for the reply
                 log.debug("reply to the kernel failed: %s", exc)
 
     def _close(self) -> None:
@@ -219,7 +226,7 @@ class Keeper:
                 self.device_fd = fd
             else:
                 os.close(fd)
-        if message == b"ready":
+        if message == READY:
             return None
         return message.decode(errors="replace").removeprefix("error: ") or "the worker exited before mounting"
 
@@ -244,7 +251,7 @@ class Keeper:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._forward)
         error = self._await_ready(self._spawn(resume=False))
-        os.write(self.ready_fd, f"error: {error}".encode() if error else b"ready")
+        os.write(self.ready_fd, ready_message(error))
         os.close(self.ready_fd)
         self.ready_fd = -1
         if error:

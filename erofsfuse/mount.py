@@ -32,7 +32,16 @@ import trio
 from . import __version__
 from . import ondisk as d
 from .errors import ErofsError
-from .failover import WORKER_NAME, ConnectionProxy, Keeper, fuse_device_fd, name_process, protect_from_oom
+from .failover import (
+    READY,
+    WORKER_NAME,
+    ConnectionProxy,
+    Keeper,
+    fuse_device_fd,
+    name_process,
+    protect_from_oom,
+    ready_message,
+)
 from .fuseops import ErofsOperations
 from .tree import Tree, open_tree
 
@@ -46,7 +55,6 @@ FUSE_VALUE_OPTIONS = {"fsname", "subtype", "max_read", "blksize", "context", "fs
                       "rootcontext", "max_threads"}
 IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail"}
 READ_AHEAD_KB = 1024
-READY = b"ready"
 
 
 class UsageError(Exception):
@@ -218,7 +226,7 @@ class Readiness:
         self.log_path = log_path
 
     def report(self, error: str | None = None, device_fd: int | None = None) -> None:
-        message = f"error: {error}".encode() if error else READY
+        message = ready_message(error)
         if self.keeper is not None:
             socket.send_fds(self.keeper, [message], [device_fd] if device_fd is not None and not error else [])
             self.keeper.close()
