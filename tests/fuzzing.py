@@ -19,6 +19,7 @@ ready to become regression tests (``tests/data/fuzz_regressions.json``).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import multiprocessing
@@ -32,6 +33,7 @@ import time
 import traceback
 from pathlib import Path
 
+from erofsfuse import _zmap
 from erofsfuse import ondisk as d
 from erofsfuse.errors import ErofsError
 from erofsfuse.image import ErofsImage
@@ -52,6 +54,17 @@ def seed_names() -> list[str]:
     return [e["name"] for e in corpus.images() if e["size"] + e.get("devices_size", 0) <= SEED_MAX_BYTES]
 
 
+@functools.cache
+def seeds() -> list[tuple[str, bytes, list[tuple[int, int]]]]:
+    """``(name, image bytes, metadata ranges)`` of every seed image (read once per process)."""
+    out = []
+    for name in seed_names():
+        with ErofsImage(corpus.image_path(name), corpus.device_paths(name)) as img:
+            ranges = _ranges_of(img)
+        out.append((name, Path(corpus.image_path(name)).read_bytes(), ranges))
+    return out
+
+
 def _ranges_of(img: ErofsImage) -> list[tuple[int, int]]:
     """Byte ranges of the primary device that hold metadata the library read."""
     bits = img.sb.blkszbits
@@ -70,7 +83,7 @@ def _ranges_of(img: ErofsImage) -> list[tuple[int, int]]:
             cmap = img.reader.compressed_map(ino)
             _, _, pa, plen, _, flags = cmap.map(0)
             ranges.append((d.round_up(ino.data_start, 8), 64))
-            if flags & 1 and plen and not flags & 2:
+            if flags & _zmap.MAPPED and plen and not flags & _zmap.INLINE:
                 ranges.append((pa, min(plen, 64)))
     return ranges
 
@@ -162,17 +175,12 @@ def worker(job: int, inputs: int, seed: int, out: str, op_seconds: float, memory
     resource.setrlimit(resource.RLIMIT_AS, (memory_mib << 20, memory_mib << 20))
     signal.signal(signal.SIGPROF, _alarm)
     rng = random.Random(seed * 1000 + job)
-    seeds = []
-    for name in seed_names():
-        with ErofsImage(corpus.image_path(name), corpus.device_paths(name)) as img:
-            ranges = _ranges_of(img)
-        seeds.append((name, Path(corpus.image_path(name)).read_bytes(), ranges))
     scratch = tempfile.mkdtemp(prefix="erofs-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     target = os.path.join(scratch, "image.erofs")
     done = findings = 0
     try:
         for _ in range(inputs):
-            name, original, ranges = rng.choice(seeds)
+            name, original, ranges = rng.choice(seeds())
             data = bytearray(original)
             patches, truncate = mutate(data, ranges, rng)
             Path(target).write_bytes(data)
