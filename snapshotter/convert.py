@@ -70,10 +70,7 @@ class Readahead:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:  # unblock the walker
-                self._paths.get_nowait()
+        self._stop.set()  # the walker and the workers notice within their timeouts
 
     def _walk(self) -> None:
         """Regular files only (opening a device node could have effects), depth first in name order like
@@ -89,12 +86,20 @@ class Readahead:
                 for entry in entries:
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        self._paths.put(entry.path)
+                    elif entry.is_file(follow_symlinks=False) and not self._put(entry.path):
+                        return
         finally:
             for _ in range(self.WORKERS):
                 with contextlib.suppress(queue.Full):
                     self._paths.put_nowait(None)
+
+    def _put(self, path: str) -> bool:
+        """Queue ``path`` for the workers; False once stopped (they no longer take any)."""
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._paths.put(path, timeout=0.5)
+                return True
+        return False
 
     def _advise(self) -> None:
         while not self._stop.is_set():

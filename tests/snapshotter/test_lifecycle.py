@@ -6,10 +6,12 @@ import errno
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from snapshotter.convert import Readahead
 from snapshotter.daemons import DaemonProcesses, daemon_processes
 from snapshotter.planner import MODE_LABEL, MODE_REASON_LABEL
 from tests.fusemount import wait_gone
@@ -327,3 +329,24 @@ def test_a_stack_outlives_its_worker_and_keeper(env: Env) -> None:
         fstest.check_directory_equal_with_applier(rootfs, fstest.apply(LAYER_1, LAYER_2))
         assert stack_daemons(env.root)[stack].keeper != replaced.keeper  # a new daemon serves the chain
     assert "mounting the chain again" in env.daemon.log.read_text()
+
+
+def test_readahead_stops_promptly_even_with_a_full_queue(tmp_path: Path) -> None:
+    """Leaving the read-ahead while its queue is full (nobody takes from it any more) must not leave the walker
+    blocked: mkfs.erofs may fail at once on a huge directory."""
+    class Unserved(Readahead):
+        WORKERS = 0  # nothing empties the queue, as after the workers have stopped
+
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(10000):  # more than twice what the queue holds
+        (big / f"f{i:05}").touch()
+    readahead = Unserved(tmp_path)
+    with readahead:
+        deadline = time.monotonic() + 30
+        while not readahead._paths.full():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    [walker] = readahead._threads
+    walker.join(timeout=5)
+    assert not walker.is_alive()
