@@ -120,6 +120,8 @@ class Snapshotter:
                 self._mount_layers(chain)
             except MountError as exc:
                 refusal = str(exc)
+            else:
+                return choose_mode(self.mode, self.host)  # kernel mode, its layers already mounted
         choice = choose_mode(self.mode, self.host, refusal)
         self._activate(choice.mode, chain)
         return choice
