@@ -147,9 +147,10 @@ class Snapshotter:
             self.daemons.ensure(chain)
 
     def _chain_uses(self) -> list[ChainUse]:
-        parents = self.store.parents()
+        snapshots = self.store.all()
+        parents = {s.id: s.parent_id for s in snapshots}
         uses = []
-        for snap in self.store.all():
+        for snap in snapshots:
             if snap.kind is Kind.COMMITTED or snap.parent_id is None:
                 continue
             chain, layer = [], snap.parent_id
@@ -309,8 +310,9 @@ class Snapshotter:
         with self._lock:
             self.release_unused()  # first: a directory no record owns may hold a mount
             with self.store.transaction() as store:
-                snapshots = {s.id: s for s in store.all() if s.id not in self._committing}
-                live = store.ids()
+                records = store.all()
+                live = {s.id for s in records}
+                snapshots = [s for s in records if s.id not in self._committing]
             for path, owner in self.layout.snapshot_dirs().items():
                 if owner not in live and owner not in self._committing:
                     log.info("deleting %s, which no snapshot owns", path)
@@ -318,7 +320,7 @@ class Snapshotter:
                         self.trash.discard(path)
                     except OSError as exc:
                         log.error("cannot delete %s: %s", path, exc)
-            for snap in snapshots.values():
+            for snap in snapshots:
                 self._recover_files(snap)
 
     def _recover_files(self, snap: Snapshot) -> None:

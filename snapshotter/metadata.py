@@ -91,7 +91,6 @@ class MetadataStore:
             os.close(fd)
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
-        self._depth = 0
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
@@ -103,17 +102,9 @@ class MetadataStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[MetadataStore]:
-        """One write transaction; nested use joins the outer one. Rolls back on any exception."""
+        """One write transaction (not nestable). Rolls back on any exception."""
         with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield self
-                finally:
-                    self._depth -= 1
-                return
             self._conn.execute("BEGIN IMMEDIATE")
-            self._depth = 1
             try:
                 yield self
             except BaseException:
@@ -121,8 +112,6 @@ class MetadataStore:
                 raise
             else:
                 self._conn.execute("COMMIT")
-            finally:
-                self._depth = 0
 
     def _one(self, where: str, *args: object) -> Snapshot | None:
         row = self._conn.execute(f"{_SELECT} WHERE {where}", args).fetchone()
@@ -145,12 +134,6 @@ class MetadataStore:
 
     def all(self) -> list[Snapshot]:
         return [Snapshot._from_row(r) for r in self._conn.execute(f"{_SELECT} ORDER BY s.id")]
-
-    def ids(self) -> set[int]:
-        return {r[0] for r in self._conn.execute("SELECT id FROM snapshots")}
-
-    def parents(self) -> dict[int, int | None]:
-        return dict(self._conn.execute("SELECT id, parent_id FROM snapshots"))
 
     def ancestors(self, snapshot_id: int) -> list[int]:
         """Ids of ``snapshot_id`` and every snapshot below it, nearest first."""
