@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -188,7 +189,8 @@ def worker(job: int, inputs: int, seed: int, out: str, op_seconds: float, memory
                 exercise(target, corpus.device_paths(name), op_seconds)
             except (Exception, Hang) as exc:  # everything not typed is a finding
                 findings += 1
-                record = {"seed": name, "patches": patches, "truncate": truncate,
+                record = {"seed": name, "seed_sha256": hashlib.sha256(original).hexdigest(),
+                          "patches": patches, "truncate": truncate,
                           "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
                 record = minimise(record, op_seconds)
                 out_path = Path(out) / f"finding-{job}-{done}.json"
@@ -203,8 +205,16 @@ def worker(job: int, inputs: int, seed: int, out: str, op_seconds: float, memory
         os.rmdir(scratch)
 
 
-def apply(seed: str, patches: list, truncate: int | None) -> bytes:
-    data = bytearray(Path(corpus.image_path(seed)).read_bytes())
+def apply(record: dict) -> bytes:
+    """The input a record describes: its seed image with the patches (and truncation) applied.
+
+    The seed's digest is checked first: patches made for other bytes would quietly test nothing.
+    """
+    data = bytearray(Path(corpus.image_path(record["seed"])).read_bytes())
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != record["seed_sha256"]:
+        raise ValueError(f"seed image {record['seed']} has changed since the record was made ({digest})")
+    patches, truncate = record["patches"], record["truncate"]
     for pos, hexed in patches:
         new = bytes.fromhex(hexed)
         data[pos : pos + len(new)] = new
@@ -217,7 +227,7 @@ def reproduces(record: dict, op_seconds: float) -> str | None:
     """Run a recorded input; the untyped error it raises, if any."""
     signal.signal(signal.SIGPROF, _alarm)
     with tempfile.NamedTemporaryFile(suffix=".erofs") as f:
-        f.write(apply(record["seed"], record["patches"], record["truncate"]))
+        f.write(apply(record))
         f.flush()
         try:
             exercise(f.name, corpus.device_paths(record["seed"]), op_seconds)
