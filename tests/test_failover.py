@@ -17,6 +17,7 @@ import pytest
 from . import corpus
 from .fusemount import erofsfuse_command, is_mounted, wait_gone
 from .kernel import mount, umount
+from .trees import sha256_file
 
 NAME = "lz4hc-C1M-big"
 
@@ -86,8 +87,7 @@ def test_open_file_keeps_reading_across_sigkill(tmp_path):
         assert sorted(os.listdir(mnt)) == sorted(entries["/"]["entries"])
         for p, e in list(entries.items())[:300]:
             if e["type"] == "file":
-                with open(mnt + p, "rb") as f:
-                    assert hashlib.sha256(f.read()).hexdigest() == e["sha256"], p
+                assert sha256_file(mnt + p) == e["sha256"], p
         assert keeper_and_worker(mnt) == (keeper, new_worker)
     text = log.read_text()
     assert "died (killed by SIGKILL)" in text and "unmounted" in text
@@ -106,8 +106,7 @@ def test_overlay_on_the_mount_survives_sigkill(tmp_path):
             _, worker = keeper_and_worker(mnt)
             os.kill(worker, signal.SIGKILL)
             assert wait_gone([worker])
-            with open(str(merged) + path, "rb") as f:
-                assert hashlib.sha256(f.read()).hexdigest() == sha
+            assert sha256_file(str(merged) + path) == sha
             assert (merged / "written-by-container").read_text() == "upper layer still works"
             assert sorted(os.listdir(merged)) == sorted([*corpus.manifest(NAME)["entries"]["/"]["entries"],
                                                          "written-by-container"])
@@ -125,8 +124,7 @@ def test_request_queued_while_the_worker_dies_is_answered():
 
         def reader() -> None:
             try:
-                with open(mnt + path, "rb") as f:
-                    result["sha"] = hashlib.sha256(f.read()).hexdigest()
+                result["sha"] = sha256_file(mnt + path)
             except OSError as exc:
                 result["error"] = exc
 
@@ -146,8 +144,7 @@ def test_killing_the_keeper_leaves_the_worker_serving():
         keeper, worker = keeper_and_worker(mnt)
         os.kill(keeper, signal.SIGKILL)
         assert wait_gone([keeper])
-        with open(mnt + path, "rb") as f:
-            assert hashlib.sha256(f.read()).hexdigest() == sha
+        assert sha256_file(mnt + path) == sha
         subprocess.run(["fusermount3", "-u", mnt], check=True)
         assert wait_gone([worker])
         assert not is_mounted(mnt)

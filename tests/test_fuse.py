@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
-import hashlib
 import json
 import os
 import random
@@ -21,15 +21,10 @@ import pytest
 from . import corpus
 from .fusemount import daemon_pids, erofsfuse_command, fuse_mount, is_mounted, unmount, wait_gone
 from .kernel import erofs_mount, overlay_mount
-from .trees import describe_path, diff_trees
+from .trees import describe_path, diff_trees, sha256_file
 
 REPO = str(Path(__file__).resolve().parent.parent)
 SAMPLE = ["plain", "lz4hc-C32k-ztail-frag-dedupe", "zstd-b2048-ztail", "tar-index", "fsmeta-flat", "metabox-lz4hc"]
-
-
-def sha256_of(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @pytest.mark.parametrize("name", corpus.image_names())
@@ -57,7 +52,7 @@ def _stack_file(tmp_path: Path, names: list[str]) -> str:
 def test_stack_equals_kernel_overlay(tmp_path, names):
     with fuse_mount(_stack_file(tmp_path, names)) as mnt:
         ours = describe_path(mnt)
-    with __import__("contextlib").ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         lowers = [stack.enter_context(erofs_mount(corpus.image_path(n), corpus.device_paths(n))) for n in names]
         kernel = describe_path(stack.enter_context(overlay_mount(lowers)))
     problems = diff_trees(kernel, ours)
@@ -122,7 +117,7 @@ def test_fifty_concurrent_readers_get_correct_data():
     rng = random.Random(7)
     work = [rng.choice(files) for _ in range(400)]
     with fuse_mount(corpus.image_path(name)) as mnt, concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
-        results = list(pool.map(lambda item: sha256_of(mnt + item[0]) == item[1], work))
+        results = list(pool.map(lambda item: sha256_file(mnt + item[0]) == item[1], work))
     assert all(results)
 
 
@@ -187,12 +182,12 @@ def test_corrupt_file_gives_eio_and_the_daemon_keeps_serving(tmp_path):
     with fuse_mount(str(tmp_path / "bad.erofs"), options=[f"log={log}"]) as mnt:
         for _ in range(2):
             with pytest.raises(OSError) as info:
-                sha256_of(mnt + bad_path)
+                sha256_file(mnt + bad_path)
             assert info.value.errno == errno.EIO
         good = [(p, e) for p, e in m["entries"].items() if e["type"] == "file" and p != bad_path]
         for p, e in good[:200]:
             if e["sha256"] != m["entries"][bad_path]["sha256"]:
-                assert sha256_of(mnt + p) == e["sha256"]
+                assert sha256_file(mnt + p) == e["sha256"]
         assert sorted(os.listdir(mnt)) == sorted(m["entries"]["/"]["entries"])
         assert daemon_pids(mnt)
     text = log.read_text()
@@ -317,7 +312,7 @@ def test_busy_polling_stops_when_requests_stop(busy_poll):
             with pytest.raises(OSError) as info:
                 os.getxattr(mnt + path, "user.absent")
             assert info.value.errno == errno.ENODATA
-        assert sha256_of(mnt + path) == m["entries"][path]["sha256"]
+        assert sha256_file(mnt + path) == m["entries"][path]["sha256"]
         time.sleep(int(busy_poll) / 1e6 + 0.2)
         before = _cpu_seconds(pid)
         time.sleep(1.0)

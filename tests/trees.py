@@ -27,7 +27,7 @@ TYPES = {
 }
 
 
-def _sha256_file(path: str) -> str:
+def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -75,7 +75,7 @@ def describe_path(root: str, *, content: bool = True, xattrs: bool = True, denie
             kind, st, ino=f"{st.st_dev}:{st.st_ino}", rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)),
             target=os.readlink(path) if kind == "symlink" else None,
             xattrs=_xattrs(path) if xattrs else None,
-            sha256=attempt(_sha256_file, path) if kind == "file" and content else None,
+            sha256=attempt(sha256_file, path) if kind == "file" and content else None,
             entries=children,
         )
         for name in children or ():

@@ -17,6 +17,8 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.trees import sha256_file
+
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "cat", "ls", "find", "stat", "id", "sort", "sha256sum", "xargs", "echo", "head", "wc", "du", "rm",
            "mkdir", "touch", "readlink", "sleep")
@@ -102,12 +104,9 @@ def sample_layers() -> list[Layer]:
     return [base, middle, top]
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+def _digest(path: Path) -> str:
+    """An OCI digest: the file's SHA-256 with its algorithm."""
+    return "sha256:" + sha256_file(str(path))
 
 
 def chain_id(diff_ids: list[str]) -> str:
@@ -134,7 +133,7 @@ def build_archive(path: Path, layer_tars: list[Path], command: list[str], users:
     work.mkdir(exist_ok=True)
 
     def add_blob(source: Path, media_type: str) -> dict:
-        digest = _sha256_file(source)
+        digest = _digest(source)
         blobs[digest] = source
         return {"mediaType": media_type, "digest": digest, "size": source.stat().st_size}
 
@@ -144,7 +143,7 @@ def build_archive(path: Path, layer_tars: list[Path], command: list[str], users:
         tmp.write_bytes(data)
         return add_blob(tmp, media_type)
 
-    diff_ids = [_sha256_file(t) for t in layer_tars]
+    diff_ids = [_digest(t) for t in layer_tars]
     layer_descs = []
     for i, tar in enumerate(layer_tars):
         compressed = work / f"layer-{i}.tar.gz"
