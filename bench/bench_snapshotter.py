@@ -28,15 +28,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from fusebench.workloads import drop_caches  # noqa: E402
+
 from tests.snapshotter import oci  # noqa: E402
 from tests.snapshotter.containerd import Containerd  # noqa: E402
 from tests.snapshotter.daemon import Client, SnapshotterProcess  # noqa: E402
 from tests.snapshotter.mounting import unmount_below  # noqa: E402
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def build_image(workdir: Path, source: Path) -> oci.Image:
@@ -84,7 +81,7 @@ class RssSampler:
                     if b"erofsfuse" not in cmdline or self.root.encode() not in cmdline:
                         continue
                     for line in (proc / "status").read_text().splitlines():
-                        if line.startswith(("VmHWM:", "VmRSS:")):
+                        if line.startswith("VmHWM:"):  # the peak so far, never below the current RSS
                             self.peak_kib = max(self.peak_kib, int(line.split()[1]))
                 except OSError:
                     continue
