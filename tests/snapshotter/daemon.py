@@ -78,8 +78,16 @@ class Client:
     """Thin calls on the Snapshots service, shaped like containerd's snapshots.Snapshotter."""
 
     def __init__(self, address: Path) -> None:
-        self.channel = grpc.insecure_channel(f"unix://{address}")
+        # Calls made while the snapshotter is down put the channel in reconnect backoff, during which calls
+        # fail at once with the last connect error; keep that backoff short, as a restart is part of the tests.
+        self.channel = grpc.insecure_channel(f"unix://{address}", options=[
+            ("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
+            ("grpc.max_reconnect_backoff_ms", 200)])
         self.stub = pb_grpc.SnapshotsStub(self.channel)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Wait until the channel is connected again (after the snapshotter was restarted)."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
     def close(self) -> None:
         self.channel.close()

@@ -99,6 +99,7 @@ def finish(env: Env, operation: str) -> None:
 def restart_clean(env: Env) -> None:
     env.daemon.environment = {}
     env.daemon.start()
+    env.client.wait_ready()
 
 
 def mkfs_running_under(root: Path) -> bool:
