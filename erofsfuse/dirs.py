@@ -30,13 +30,20 @@ class DirEntry(NamedTuple):
 
 
 class Directories:
-    """Directory access for one image, with a cache of raw directory blocks."""
+    """Directory access for one image, with caches of raw and of decoded directory blocks.
+
+    A listing through FUSE asks for a directory block's dirents a few at a time (one reply page each), so
+    the decoded blocks of the directories being listed are kept too: each block is decoded once per listing.
+    """
+
+    DECODED_BLOCKS = 64
 
     def __init__(self, image: ErofsImage, cache_bytes: int):
         self.image = image
         self.blkszbits = image.sb.blkszbits
         self.block_size = image.sb.block_size
         self._blocks = functools.lru_cache(maxsize=max(cache_bytes >> self.blkszbits, 16))(self._load_block)
+        self._decoded = functools.lru_cache(maxsize=self.DECODED_BLOCKS)(self._decode_block)
 
     def block(self, ino: Inode, index: int) -> bytes:
         """Directory block ``index`` of ``ino`` (the last one may be short)."""
@@ -86,14 +93,20 @@ class Directories:
         return self._check(ino)
 
     def block_entries(self, ino: Inode, index: int, check: bool = False) -> list[DirEntry]:
-        """The dirents of block ``index`` alone, so that a checker can go on past a bad block."""
-        block = self.block(ino, index)
+        """The dirents of block ``index`` alone, so that a checker can go on past a bad block.
+
+        The list may be shared with other callers: do not change it.
+        """
+        return self._decode_block(ino.nid, index, True) if check else self._decoded(ino.nid, index, False)
+
+    def _decode_block(self, nid: int, index: int, check: bool) -> list[DirEntry]:
+        block = self._blocks(nid, index)
         try:
             items = _dirents.entries(block, len(block), check)
         except CorruptImage as exc:
-            raise exc.at(ino.nid, f"directory block {index}") from None
+            raise exc.at(nid, f"directory block {index}") from None
         base = index << self.blkszbits
-        return [DirEntry(name, nid, ftype, base + i * d.DIRENT.size) for i, (name, nid, ftype) in enumerate(items)]
+        return [DirEntry(name, child, ftype, base + i * d.DIRENT.size) for i, (name, child, ftype) in enumerate(items)]
 
     def entries(self, ino: Inode, start: int = 0, check: bool = False) -> Iterator[DirEntry]:
         """Dirents from position ``start`` on (including ``.`` and ``..``), in on-disk order."""
