@@ -51,6 +51,10 @@ class CompressedMap:
         with self.lock:
             return self.zmap.map(offset)
 
+    def map_range(self, offset: int, end: int) -> list[tuple[int, int, int, int, int, int]]:
+        with self.lock:
+            return self.zmap.map_range(offset, end)
+
 
 class DataReader:
     """Reads byte ranges of inodes of one image."""
@@ -153,47 +157,52 @@ class DataReader:
 
     def _read_compressed(self, ino: Inode, offset: int, end: int) -> bytes:
         cmap = self.compressed_map(ino)
-        extents = []
-        pos = offset
-        while pos < end:
-            ext = cmap.map(pos)
-            la, llen = ext[0], ext[1]
-            if min(end, la + llen) <= pos:
-                raise CorruptImage("compressed extent maps no bytes", ino.nid, f"offset {pos}")
-            extents.append(ext)
-            pos = min(end, la + llen)
-        sources = self._prefetch(ino, extents)
-        if end - offset >= READ_AHEAD_TRIGGER and extents[-1][5] & _zmap.MAPPED and not extents[-1][5] & _zmap.INLINE:
+        extents = cmap.map_range(offset, end)
+        sources = self._prefetch(ino, extents, offset, end)
+        last = extents[-1]
+        if end - offset >= READ_AHEAD_TRIGGER and last[5] & _zmap.MAPPED and not last[5] & _zmap.INLINE:
             # a large read is usually part of a sequential one: start the next compressed bytes coming
-            self.devices.prefetch(extents[-1][2] + extents[-1][3], READ_AHEAD_BYTES)
+            self.devices.prefetch(last[2] + last[3], READ_AHEAD_BYTES)
         parts = []
         pos = offset
-        for la, llen, pa, plen, alg, flags in extents:
+        for ext in extents:
+            la, llen, pa = ext[:3]
             stop = min(end, la + llen)
-            if flags & _zmap.FRAGMENT:
-                parts.append(self._read_fragment(ino, cmap.zmap.fragmentoff + (pos - la), stop - pos))
-            elif not flags & _zmap.MAPPED:
-                parts.append(bytes(stop - pos))
+            if pos == la and stop == la + llen and pa in sources:
+                # a whole extent is decoded without the cache: the kernel keeps what it asked for
+                parts.append(self._decode(ino, ext, sources[pa]))
             else:
-                out = self._pcluster(ino, la, llen, pa, plen, alg, flags, sources.get(pa))
-                parts.append(out[pos - la : stop - la])
+                parts.append(self._extent_bytes(ino, cmap, ext, pos, stop, sources))
             pos = stop
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
 
-    def _prefetch(self, ino: Inode, extents: list[tuple[int, int, int, int, int, int]]) -> dict[int, bytes]:
-        """Compressed bytes of the uncached pclusters, read in one go where they lie back to back."""
-        wanted = [(pa, plen) for la, llen, pa, plen, alg, flags in extents
-                  if flags & _zmap.MAPPED and not flags & _zmap.INLINE
-                  and self._key(ino, la, llen, pa, plen, alg, flags) not in self.pclusters]
-        sources: dict[int, bytes] = {}
+    def _extent_bytes(self, ino: Inode, cmap: CompressedMap, ext: tuple[int, int, int, int, int, int], pos: int,
+                      stop: int, sources: dict[int, memoryview]) -> bytes:
+        """Bytes ``[pos, stop)`` of one extent, through the pcluster cache."""
+        la, llen, pa, plen, alg, flags = ext
+        if flags & _zmap.FRAGMENT:
+            return self._read_fragment(ino, cmap.zmap.fragmentoff + (pos - la), stop - pos)
+        if not flags & _zmap.MAPPED:
+            return bytes(stop - pos)
+        out = self._pcluster(ino, la, llen, pa, plen, alg, flags, sources.get(pa))
+        return out[pos - la : stop - la]
+
+    def _prefetch(self, ino: Inode, extents: list[tuple[int, int, int, int, int, int]], offset: int, end: int,
+                  ) -> dict[int, memoryview]:
+        """Compressed bytes of the pclusters to decode (whole extents, and parts not cached), read in one go
+        where they lie back to back."""
+        sources: dict[int, memoryview] = {}
         run: list[tuple[int, int]] = []
-        for pa, plen in [*wanted, (-1, 0)]:
+        for la, llen, pa, plen, alg, flags in [*extents, (offset, 0, -1, 0, 0, _zmap.MAPPED)]:
+            if not flags & _zmap.MAPPED or flags & _zmap.INLINE:
+                continue
+            if (la < offset or la + llen > end) and self._key(ino, la, llen, pa, plen, alg, flags) in self.pclusters:
+                continue
             if run and pa != run[-1][0] + run[-1][1]:
-                if len(run) > 1:
-                    start = run[0][0]
-                    data = self.devices.read(start, run[-1][0] + run[-1][1] - start)
-                    for rpa, rplen in run:
-                        sources[rpa] = data[rpa - start : rpa - start + rplen]
+                start = run[0][0]
+                data = memoryview(self.devices.read(start, run[-1][0] + run[-1][1] - start))
+                for rpa, rplen in run:
+                    sources[rpa] = data[rpa - start : rpa - start + rplen]
                 run = []
             run.append((pa, plen))
         return sources
@@ -239,8 +248,8 @@ class DataReader:
         return (ino.nid if inline else -1, pa, plen, alg, llen, shift)
 
     def _pcluster(self, ino: Inode, la: int, llen: int, pa: int, plen: int, alg: int, flags: int,
-                  src: bytes | None = None) -> bytes:
-        """The decoded extent (``src``: its compressed bytes, when already read)."""
+                  src: bytes | memoryview | None = None) -> bytes:
+        """The decoded extent, through the cache (``src``: its compressed bytes, when already read)."""
         inline = bool(flags & _zmap.INLINE)
         key = self._key(ino, la, llen, pa, plen, alg, flags)
         out = self.pclusters.get(key)
@@ -248,12 +257,15 @@ class DataReader:
             return out
         if src is None:
             src = ino.space.read(pa, plen) if inline else self.devices.read(pa, plen)
+        # what is kept must not be a view that holds a larger read alive
+        return self.pclusters.put(key, bytes(self._decode(ino, (la, llen, pa, plen, alg, flags), src)))
+
+    def _decode(self, ino: Inode, ext: tuple[int, int, int, int, int, int], src: bytes | memoryview,
+                ) -> bytes | memoryview:
+        la, llen, pa, plen, alg, flags = ext
         partial = bool(flags & _zmap.PARTIAL_REF) or not flags & _zmap.FULL_MAPPED
         try:
-            out = decompress(
-                alg, src, llen, partial=partial, la=la, block_size=self.block_size,
-                cfg=self.image.sb.compression, lz4_zero_padding=self.lz4_zero_padding,
-            )
+            return decompress(alg, src, llen, partial=partial, la=la, block_size=self.block_size,
+                              cfg=self.image.sb.compression, lz4_zero_padding=self.lz4_zero_padding)
         except ErofsError as exc:
             raise CorruptImage(f"{exc} (pcluster at {pa}, {plen} bytes)", ino.nid, f"offset {la}") from None
-        return self.pclusters.put(key, out)

@@ -75,7 +75,7 @@ _STREAM_DECODERS = {d.COMPRESSION_LZMA: _lzma, d.COMPRESSION_DEFLATE: _deflate, 
 
 def decompress(
     algorithm: int,
-    src: bytes,
+    src: bytes | memoryview,
     outlen: int,
     *,
     partial: bool,
@@ -83,12 +83,16 @@ def decompress(
     block_size: int,
     cfg: CompressionConfig,
     lz4_zero_padding: bool,
-) -> bytes:
+) -> bytes | memoryview:
     """The first ``outlen`` decoded bytes of pcluster ``src`` for the extent at ``la``.
 
     ``partial`` allows the stream to decode to more than ``outlen`` bytes (the
     extent uses a prefix); otherwise the output must be exactly ``outlen``.
+    An uncompressed pcluster gives a slice of ``src`` itself (a view when it is one).
     """
+    if algorithm == d.COMPRESSION_LZ4:
+        # without zero padding (the legacy format) a pcluster may hold more than its extent, as in the kernel
+        return _lz4.decompress(src, outlen, partial or not lz4_zero_padding, lz4_zero_padding)
     if algorithm == d.COMPRESSION_SHIFTED:
         if outlen > len(src):
             raise CorruptImage(f"uncompressed pcluster of {len(src)} bytes cannot hold {outlen} bytes")
@@ -101,14 +105,11 @@ def decompress(
         room = block_size - (la & (block_size - 1))
         start = len(src) - room
         head = min(room, outlen)
-        return src[start : start + head] + src[: outlen - head]
-    if algorithm == d.COMPRESSION_LZ4:
-        # without zero padding (the legacy format) a pcluster may hold more than its extent, as in the kernel
-        return _lz4.decompress(src, outlen, partial or not lz4_zero_padding, lz4_zero_padding)
+        return b"".join((src[start : start + head], src[: outlen - head]))
     decoder = _STREAM_DECODERS.get(algorithm)
     if decoder is None:
         raise UnsupportedFeature(f"compression algorithm {algorithm} is not supported")
-    out = decoder(src, outlen, cfg, partial)
+    out = decoder(bytes(src), outlen, cfg, partial)  # no copy when ``src`` is bytes already
     if len(out) != outlen:
         raise CorruptImage(f"{d.ALGORITHM_NAMES[algorithm]} stream decoded to {len(out)} bytes instead of {outlen}")
     return out

@@ -502,6 +502,23 @@ cdef class ZMap:
             self.block = None  # give the borrowed metadata chunk back
             self.block_no = -1
 
+    def map_range(self, uint64_t offset, uint64_t end):
+        """The extents (as ``map`` gives them) that together cover ``[offset, end)``, in order."""
+        cdef list extents = []
+        cdef uint64_t pos = offset, stop
+        try:
+            while pos < end:
+                ext = self.lookup_extent(pos, True)
+                stop = min(end, <uint64_t>ext[0] + <uint64_t>ext[1])
+                if stop <= pos:
+                    raise CorruptImage("compressed extent maps no bytes", self.nid, f"offset {pos}")
+                extents.append(ext)
+                pos = stop
+            return extents
+        finally:
+            self.block = None
+            self.block_no = -1
+
     cdef object lookup_extent(self, uint64_t offset, bint whole):
         cdef uint64_t la = offset, llen = 0, pa = 0, plen = 0
         cdef unsigned int alg = 0, flags = 0
