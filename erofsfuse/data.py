@@ -224,19 +224,16 @@ class DataReader:
             return False
         try:
             cmap = self.compressed_map(ino)
-            pos, end = offset, min(ino.size, offset + length)
-            while pos < end:
-                la, llen, pa, plen, alg, flags = cmap.map(pos)
+            end = min(ino.size, offset + length)
+            for la, llen, pa, plen, alg, flags in cmap.map_range(offset, end):
                 if flags & _zmap.FRAGMENT and self.image.packed_inode is not None:
+                    pos = max(offset, la)
                     fragment = cmap.zmap.fragmentoff + (pos - la)
                     if self.costly(self.image.packed_inode, fragment, min(end, la + llen) - pos):
                         return True
                 elif (flags & _zmap.MAPPED and (alg in SLOW_ALGORITHMS or llen > BIG_EXTENT)
                       and self._key(ino, la, llen, pa, plen, alg, flags) not in self.pclusters):
                     return True
-                if llen <= 0:
-                    return False
-                pos = la + llen
         except ErofsError:
             return True  # the read itself will report it
         return False
