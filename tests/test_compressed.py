@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from erofsfuse.errors import CorruptImage
 from erofsfuse.image import ErofsImage
 
 from . import corpus
+from .damage import largest_pcluster, patch
 
 COMPRESSED = corpus.image_names(corpus.is_compressed)
 
@@ -96,30 +98,16 @@ def test_sequential_reads_decode_each_pcluster_once(monkeypatch, name, chunk):
     assert files
 
 
-def _largest_lz4_extent(img: ErofsImage, algorithm: int):
-    """(inode, extent) of the largest compressed, non-inline extent of the given algorithm."""
-    best = None
-    for _, ino in img.walk():
-        if ino.is_reg and ino.compressed:
-            for ext in extents(img, ino):
-                plen, alg, flags = ext[3:]
-                usable = alg == algorithm and flags & _zmap.MAPPED and not flags & (_zmap.INLINE | _zmap.PARTIAL_REF)
-                if usable and (best is None or plen > best[1][3]):
-                    best = (ino, ext)
-    assert best is not None
-    return best
-
-
 def _replace_pcluster(src: str, dst: Path, stream_for) -> tuple[int, int]:
     """Copy ``src`` with the largest LZ4/Zstd pcluster replaced by ``stream_for(llen)``, zero-padded in front."""
-    data = bytearray(Path(src).read_bytes())
+    shutil.copyfile(src, dst)
     with ErofsImage(src) as img:
         alg = d.COMPRESSION_ZSTD if img.sb.available_algorithms & (1 << d.COMPRESSION_ZSTD) else d.COMPRESSION_LZ4
-        ino, (la, llen, pa, plen, _, _) = _largest_lz4_extent(img, alg)
+        _, ino, (la, llen, pa, plen, _, _) = largest_pcluster(
+            img, lambda ext: ext[4] == alg and not ext[5] & _zmap.PARTIAL_REF)
         stream = stream_for(llen, alg)
         assert len(stream) <= plen, "the replacement must fit the pcluster"
-        data[pa : pa + plen] = bytes(plen - len(stream)) + stream
-    dst.write_bytes(bytes(data))
+    patch(dst, pa, bytes(plen - len(stream)) + stream)
     return ino.nid, la
 
 

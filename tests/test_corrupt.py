@@ -14,7 +14,6 @@ import struct
 
 import pytest
 
-from erofsfuse import _zmap
 from erofsfuse import ondisk as d
 from erofsfuse.data import INLINE, MAPPED
 from erofsfuse.errors import CorruptImage, DeviceError, ErofsError, UnsupportedFeature
@@ -25,6 +24,7 @@ from erofsfuse.superblock import kernel_crc32c
 
 from . import corpus
 from .cli import assert_one_error_line, deadline, run_tool
+from .damage import largest_pcluster, patch
 
 LIBRARY_SECONDS = 20
 TOOL_SECONDS = 60
@@ -35,12 +35,6 @@ def copy_image(name: str, tmp_path) -> str:
     path = str(tmp_path / f"{name}.erofs")
     shutil.copyfile(corpus.image_path(name), path)
     return path
-
-
-def patch(path: str, offset: int, data: bytes) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
 
 
 def read_at(path: str, offset: int, length: int) -> bytes:
@@ -225,19 +219,12 @@ def test_chunk_index_past_the_device_end(name, tmp_path):
 def test_corrupt_compressed_stream(name, tmp_path):
     path = copy_image(name, tmp_path)
     with ErofsImage(path) as img:
-        best = None
-        for p, ino in img.walk():
-            if not (ino.is_reg and ino.compressed):
-                continue
-            _, llen, pa, plen, alg, flags = img.reader.compressed_map(ino).map(0)
-            stored = flags & _zmap.MAPPED and not flags & _zmap.INLINE and alg < d.COMPRESSION_MAX
-            if stored and (best is None or plen > best[3]):
-                best = (p, ino.nid, pa, plen, llen)
-    victim, nid, pa, plen, llen = best
+        victim, ino, (la, llen, pa, plen, _, _) = largest_pcluster(img, lambda ext: ext[4] < d.COMPRESSION_MAX)
+    nid = ino.nid
     patch(path, pa, b"\xff" * plen)
     with ErofsImage(path) as img:
         ino = img.inode(nid)
-        error = expect_library_error(CorruptImage, ["corrupt", f"pcluster at {pa}"], lambda: img.read(ino, 0, llen))
+        error = expect_library_error(CorruptImage, ["corrupt", f"pcluster at {pa}"], lambda: img.read(ino, la, llen))
         assert error.nid == nid
     # extraction stops at the first file that uses the pcluster, which need not be the one picked
     expect_tool_failure(path, ["corrupt", f"nid {nid}"], fsck_path=victim.decode(), extract_needles=["corrupt"],

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
@@ -18,7 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from erofsfuse import ondisk as d
+from erofsfuse.image import ErofsImage
+
 from . import corpus
+from .damage import largest_pcluster, patch
 from .fusemount import daemon_pids, erofsfuse_command, fuse_mount, is_mounted, unmount, wait_gone
 from .kernel import erofs_mount, overlay_mount
 from .trees import describe_path, diff_trees, sha256_file
@@ -160,17 +165,11 @@ def test_fuse_unavailable_is_reported_clearly(tmp_path):
 
 
 def _corrupt_one_file(src: str, dst: Path) -> tuple[str, int]:
-    """Copy ``src`` and break the first pcluster of its largest compressed file; returns (path, nid)."""
-    from erofsfuse import _zmap
-    from erofsfuse.image import ErofsImage
-
-    data = bytearray(Path(src).read_bytes())
+    """Copy ``src`` and break its largest compressed pcluster; returns (path, nid) of the file it belongs to."""
+    shutil.copyfile(src, dst)
     with ErofsImage(src) as img:
-        path, ino = max(((p, i) for p, i in img.walk() if i.is_reg and i.compressed), key=lambda pi: pi[1].size)
-        _, _, pa, plen, _, flags = img.reader.compressed_map(ino).map(0)
-        assert flags & _zmap.MAPPED and not flags & _zmap.INLINE
-        data[pa : pa + plen] = bytes(range(256)) * (plen // 256)
-    dst.write_bytes(bytes(data))
+        path, ino, (_, _, pa, plen, _, _) = largest_pcluster(img, lambda ext: ext[4] < d.COMPRESSION_MAX)
+    patch(dst, pa, bytes(range(256)) * (plen // 256))
     return os.fsdecode(path), ino.nid
 
 
