@@ -28,6 +28,8 @@ SLOW_ALGORITHMS = frozenset({d.COMPRESSION_LZMA, d.COMPRESSION_DEFLATE, d.COMPRE
 BIG_EXTENT = 256 * 1024
 READ_AHEAD_TRIGGER = 256 * 1024
 READ_AHEAD_BYTES = 2 << 20
+# compressed bytes one read fetches up front; a hostile map (huge pclusters for tiny extents) cannot make it more
+PREFETCH_BYTES = 8 << 20
 
 
 class Extent(NamedTuple):
@@ -190,21 +192,29 @@ class DataReader:
     def _prefetch(self, ino: Inode, extents: list[tuple[int, int, int, int, int, int]], offset: int, end: int,
                   ) -> dict[int, memoryview]:
         """Compressed bytes of the pclusters to decode (whole extents, and parts not cached), read in one go
-        where they lie back to back."""
-        sources: dict[int, memoryview] = {}
-        run: list[tuple[int, int]] = []
-        for la, llen, pa, plen, alg, flags in [*extents, (offset, 0, -1, 0, 0, _zmap.MAPPED)]:
+        where they lie back to back; at most ``PREFETCH_BYTES`` (the rest is read one pcluster at a time)."""
+        wanted: list[tuple[int, int]] = []
+        budget = PREFETCH_BYTES
+        for la, llen, pa, plen, alg, flags in extents:
             if not flags & _zmap.MAPPED or flags & _zmap.INLINE:
                 continue
             if (la < offset or la + llen > end) and self._key(ino, la, llen, pa, plen, alg, flags) in self.pclusters:
                 continue
-            if run and pa != run[-1][0] + run[-1][1]:
-                start = run[0][0]
-                data = memoryview(self.devices.read(start, run[-1][0] + run[-1][1] - start))
-                for rpa, rplen in run:
-                    sources[rpa] = data[rpa - start : rpa - start + rplen]
-                run = []
-            run.append((pa, plen))
+            budget -= plen
+            if budget < 0:
+                break
+            wanted.append((pa, plen))
+        sources: dict[int, memoryview] = {}
+        first = 0
+        while first < len(wanted):
+            last = first
+            while last + 1 < len(wanted) and wanted[last + 1][0] == wanted[last][0] + wanted[last][1]:
+                last += 1
+            start = wanted[first][0]
+            data = memoryview(self.devices.read(start, wanted[last][0] + wanted[last][1] - start))
+            for pa, plen in wanted[first : last + 1]:
+                sources[pa] = data[pa - start : pa - start + plen]
+            first = last + 1
         return sources
 
     def _read_fragment(self, ino: Inode, pos: int, length: int) -> bytes:
