@@ -3,8 +3,9 @@
 Mapping follows the kernel: a logical offset maps to an extent that is a
 hole, a run of device blocks, inline bytes in the metadata after the inode,
 or (compressed layouts) a pcluster to decode or a fragment of the packed
-inode. Decoded pclusters are kept in a cache bounded in bytes, so sequential
-reads decode each pcluster once.
+inode. A pcluster that a read covers only in part is kept, decoded, in a
+cache bounded in bytes, so sequential reads decode each pcluster once; whole
+extents go straight to the reader (the kernel keeps what it asked for).
 """
 
 from __future__ import annotations
