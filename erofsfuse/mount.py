@@ -18,7 +18,6 @@ import functools
 import logging
 import logging.handlers
 import os
-import re
 import signal
 import socket
 import stat
@@ -43,6 +42,7 @@ from .failover import (
     ready_message,
 )
 from .fuseops import ErofsOperations
+from .mountinfo import mount_table
 from .tree import Tree, open_tree
 
 log = logging.getLogger("erofsfuse")
@@ -181,13 +181,8 @@ def raise_read_ahead(mountpoint: str) -> None:
 
 def mount_device(mountpoint: str) -> str | None:
     """The ``major:minor`` of the newest mount at (resolved) ``mountpoint``, read without touching it."""
-    device = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]) == mountpoint:
-                device = fields[2]
-    return device
+    found = [m.device for m in mount_table() if str(m.target) == mountpoint]
+    return found[-1] if found else None
 
 
 async def serve(ops: ErofsOperations, mountpoint: str, proxy: ConnectionProxy | None) -> bool:

@@ -14,8 +14,9 @@ import logging
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
+
+from erofsfuse.mountinfo import MountInfo, mount_table
 
 from .errors import MountError
 from .planner import HostCapabilities
@@ -63,30 +64,7 @@ def unmount(target: Path) -> None:
     raise MountError(f"cannot unmount {target}: {os.strerror(err)}")
 
 
-@dataclass(frozen=True)
-class MountEntry:
-    target: Path
-    fstype: str
-    source: str
-
-
-def _unescape(field: str) -> str:
-    """Mount table fields escape space, tab, newline and backslash as octal."""
-    return field.encode().decode("unicode_escape").encode("latin-1").decode(errors="surrogateescape") \
-        if "\\" in field else field
-
-
-def mount_table() -> list[MountEntry]:
-    entries = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            entries.append(MountEntry(Path(_unescape(fields[4])), fields[sep + 1], _unescape(fields[sep + 2])))
-    return entries
-
-
-def mounts_under(base: Path) -> list[MountEntry]:
+def mounts_under(base: Path) -> list[MountInfo]:
     """Mounts at or below ``base``, deepest first (the order to unmount them in)."""
     found = [m for m in mount_table() if m.target == base or base in m.target.parents]
     return sorted(found, key=lambda m: len(m.target.parts), reverse=True)

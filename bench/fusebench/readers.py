@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from erofsfuse.mountinfo import mount_table
 
 from .images import Image
 
@@ -114,13 +115,7 @@ def available_readers() -> tuple[dict[str, Reader], dict[str, str]]:
 
 # -- mount table --------------------------------------------------------------------------
 def mounted_points() -> list[str]:
-    """Mount points from /proc/self/mountinfo, octal escapes decoded."""
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            field = line.split()[4]
-            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field))
-    return points
+    return [str(m.target) for m in mount_table()]
 
 
 def is_mounted(mountpoint: Path) -> bool:

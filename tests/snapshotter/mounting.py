@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from erofsfuse.mountinfo import MountInfo, mount_table
 from tests.kernel import MNT_DETACH, MS_RDONLY, _libc, mount, umount
 
 MS_REMOUNT = 0x20
@@ -64,34 +63,9 @@ def unmount_all(target: Path) -> None:
             return
 
 
-@dataclass(frozen=True)
-class MountInfo:
-    """One line of /proc/self/mountinfo: the kernel's own account of a mount."""
-
-    mount_id: int  # new for every mount, never reused while this one exists
-    target: Path
-    fstype: str
-    source: str
-    options: tuple[str, ...]  # per mount: ro, nosuid, ...
-    super_options: tuple[str, ...]  # per filesystem: allow_other, default_permissions, ...
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
-
-
 def mounts_below(base: Path) -> list[MountInfo]:
     """The mounts at or below ``base``, in mount order (a later one may be stacked on an earlier one)."""
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            target = Path(_unescape(fields[4]))
-            if target == base or base in target.parents:
-                found.append(MountInfo(int(fields[0]), target, fields[sep + 1], _unescape(fields[sep + 2]),
-                                       tuple(fields[5].split(",")), tuple(fields[sep + 3].split(","))))
-    return found
+    return [m for m in mount_table() if m.target == base or base in m.target.parents]
 
 
 def unmount_below(base: Path) -> None:
