@@ -93,7 +93,7 @@ class Snapshotter:
                     choice = self._choose_mode(chain) if chain else None
                     fault_point("create:mounted")
                     snap = store.create(kind, key, parent, {**labels, **(choice.labels() if choice else {})},
-                                        choice.mode.value if choice else None, choice.reason if choice else None)
+                                        choice.mode.value if choice else None)
                     try:
                         self._discard_dirs(snap.id)  # leftovers of a lost database must not leak into it
                         self.layout.create_snapshot(snap.id, active=kind is Kind.ACTIVE)

@@ -31,7 +31,6 @@ CREATE TABLE IF NOT EXISTS snapshots (
     updated_ns  INTEGER NOT NULL,
     labels      TEXT NOT NULL,
     mode        TEXT,
-    mode_reason TEXT,
     size        INTEGER NOT NULL DEFAULT 0,
     inodes      INTEGER NOT NULL DEFAULT 0
 );
@@ -39,8 +38,8 @@ CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
 """
 
 DATABASE_MODE = 0o600
-_COLUMNS = ("s.id, s.key, s.kind, s.parent_id, p.key, s.created_ns, s.updated_ns, s.labels, s.mode, s.mode_reason,"
-            " s.size, s.inodes")
+_COLUMNS = ("s.id, s.key, s.kind, s.parent_id, p.key, s.created_ns, s.updated_ns, s.labels, s.mode, s.size,"
+            " s.inodes")
 _SELECT = f"SELECT {_COLUMNS} FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id"
 
 
@@ -62,16 +61,15 @@ class Snapshot:
     created_ns: int
     updated_ns: int
     labels: dict[str, str] = field(default_factory=dict)
-    mode: str | None = None  # how the parent chain is mounted for this snapshot ("kernel"/"fuse")
-    mode_reason: str | None = None
+    mode: str | None = None  # how the parent chain is mounted for this snapshot ("kernel"/"fuse"; why: a label)
     size: int = 0  # usage recorded at commit
     inodes: int = 0
 
     @classmethod
     def _from_row(cls, row: tuple) -> Snapshot:
-        sid, key, kind, parent_id, parent, created, updated, labels, mode, reason, size, inodes = row
-        return cls(sid, key, Kind(kind), parent_id, parent or "", created, updated, json.loads(labels), mode, reason,
-                   size, inodes)
+        sid, key, kind, parent_id, parent, created, updated, labels, mode, size, inodes = row
+        return cls(sid, key, Kind(kind), parent_id, parent or "", created, updated, json.loads(labels), mode, size,
+                   inodes)
 
 
 def _clean_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -163,14 +161,13 @@ class MetadataStore:
             raise AlreadyExists(f"snapshot {key!r} already exists")
 
     def create(self, kind: Kind, key: str, parent: Snapshot | None, labels: dict[str, str],
-               mode: str | None = None, mode_reason: str | None = None) -> Snapshot:
+               mode: str | None = None) -> Snapshot:
         """Insert a record for a key checked with ``require_absent`` in the same transaction."""
         now = time.time_ns()
         cur = self._conn.execute(
-            "INSERT INTO snapshots (key, parent_id, kind, created_ns, updated_ns, labels, mode, mode_reason)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, parent.id if parent else None, int(kind), now, now, json.dumps(_clean_labels(labels)), mode,
-             mode_reason))
+            "INSERT INTO snapshots (key, parent_id, kind, created_ns, updated_ns, labels, mode)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, parent.id if parent else None, int(kind), now, now, json.dumps(_clean_labels(labels)), mode))
         return self.by_id(cur.lastrowid)
 
     def commit(self, active: Snapshot, name: str, labels: dict[str, str], parent: Snapshot | None,
@@ -182,7 +179,7 @@ class MetadataStore:
         now = time.time_ns()
         self._conn.execute(
             "UPDATE snapshots SET key = ?, kind = ?, parent_id = ?, created_ns = ?, updated_ns = ?, labels = ?,"
-            " mode = NULL, mode_reason = NULL, size = ?, inodes = ? WHERE id = ?",
+            " mode = NULL, size = ?, inodes = ? WHERE id = ?",
             (name, int(Kind.COMMITTED), parent.id if parent else None, now, now, json.dumps(_clean_labels(labels)),
              size, inodes, active.id))
         return self.by_id(active.id)
