@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,9 +126,8 @@ def build_layer(upper: Path, blob: Path, mkfs: str = "mkfs.erofs") -> None:
     """Write ``blob`` from the tree at ``upper`` (atomically: temp file, fsync, rename)."""
     if not shutil.which(mkfs):
         raise ConversionError(f"{mkfs} not found")
-    tmp = blob.with_name(f".{blob.name}.{uuid.uuid4().hex}.tmp")
     started = time.monotonic()
-    try:
+    with _staged(blob) as tmp:
         with Readahead(upper):
             proc = subprocess.Popen([mkfs, "--quiet", str(tmp), str(upper)], stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
@@ -141,43 +141,42 @@ def build_layer(upper: Path, blob: Path, mkfs: str = "mkfs.erofs") -> None:
         if proc.returncode != 0:
             raise ConversionError(f"mkfs.erofs {upper} failed ({proc.returncode}): {output.strip()[-2000:]}")
         fault_point("commit:blob-written")
-        _seal(tmp, blob)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     log.info("built %s (%d bytes) from %s in %.2fs", blob, blob.stat().st_size, upper, time.monotonic() - started)
 
 
-def _seal(tmp: Path, blob: Path) -> None:
-    """Make a complete temporary blob ``blob``: read-only for others, on disk, then renamed into place."""
-    fd = os.open(tmp, os.O_RDONLY)
+def copy_layer(source: Path, blob: Path) -> None:
+    """Put a copy of a blob that containerd's EROFS differ wrote at ``blob``, synced; ``source`` stays until
+    the commit is recorded (a hard link when both are on one filesystem)."""
+    with _staged(blob) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:  # a separate writable filesystem
+            shutil.copyfile(source, tmp)
+
+
+@contextlib.contextmanager
+def _staged(blob: Path) -> Iterator[Path]:
+    """A temporary name beside ``blob`` to write it under: once written it is made read-only for others, put on
+    disk and renamed into place; whatever a failure leaves there is removed."""
+    tmp = blob.with_name(f".{blob.name}.{uuid.uuid4().hex}.tmp")
     try:
-        os.fchmod(fd, BLOB_MODE)
-        os.fsync(fd)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fchmod(fd, BLOB_MODE)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        rename_synced(tmp, blob)
     finally:
-        os.close(fd)
-    rename_synced(tmp, blob)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def rename_synced(synced: Path, blob: Path) -> None:
     """Give a blob already on disk its new name, durably (the directory is synced too)."""
     synced.rename(blob)
     _fsync_path(blob.parent, os.O_RDONLY | os.O_DIRECTORY)
-
-
-def copy_layer(source: Path, blob: Path) -> None:
-    """Put a copy of a blob that containerd's EROFS differ wrote at ``blob``, synced; ``source`` stays until
-    the commit is recorded (a hard link when both are on one filesystem)."""
-    tmp = blob.with_name(f".{blob.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:  # a separate writable filesystem
-            shutil.copyfile(source, tmp)
-        _seal(tmp, blob)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def sync_layer(blob: Path) -> None:
