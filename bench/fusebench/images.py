@@ -68,6 +68,9 @@ def squashfs_command(fmt: Format, image: Path, source: Path) -> list[str]:
     return ["mksquashfs", str(source), str(image), "-noappend", "-no-progress", "-quiet", *fmt.squashfs_args]
 
 
+BUILDERS = {"erofs": erofs_command, "squashfs": squashfs_command}  # image kind -> its build command
+
+
 def run_tool(command: list[str]) -> str | None:
     """Run an image builder; the first lines of its complaint when it fails."""
     try:
@@ -87,8 +90,7 @@ def probe(kind: str, fmt: Format, scratch: Path) -> str | None:
     (source / "probe.txt").write_bytes(b"probe " * 4096)
     image = scratch / f"probe.{fmt.name}.{kind}"
     image.unlink(missing_ok=True)
-    build = erofs_command if kind == "erofs" else squashfs_command
-    problem = run_tool(build(fmt, image, source))
+    problem = run_tool(BUILDERS[kind](fmt, image, source))
     image.unlink(missing_ok=True)
     return problem
 
@@ -99,8 +101,7 @@ def image_path(kind: str, fmt: Format, dataset: DataSet, image_dir: Path) -> Pat
 
 def recipe(kind: str, fmt: Format, dataset: DataSet) -> str:
     """The build command with relative names: stored beside the image, so a changed recipe rebuilds it."""
-    build = erofs_command if kind == "erofs" else squashfs_command
-    return " ".join(build(fmt, Path(f"{dataset.key}.{fmt.name}.{kind}"), Path(dataset.key)))
+    return " ".join(BUILDERS[kind](fmt, Path(f"{dataset.key}.{fmt.name}.{kind}"), Path(dataset.key)))
 
 
 def is_built(kind: str, fmt: Format, dataset: DataSet, image_dir: Path) -> bool:
@@ -116,8 +117,7 @@ def build_image(kind: str, fmt: Format, dataset: DataSet, image_dir: Path) -> Im
         return Image(path, kind, dataset, fmt)
     partial = path.with_name(path.name + ".partial")
     partial.unlink(missing_ok=True)
-    build = erofs_command if kind == "erofs" else squashfs_command
-    problem = run_tool(build(fmt, partial, dataset.path))
+    problem = run_tool(BUILDERS[kind](fmt, partial, dataset.path))
     if problem:
         raise RuntimeError(f"building {path.name}: {problem}")
     partial.rename(path)
