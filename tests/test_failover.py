@@ -15,7 +15,7 @@ import time
 import pytest
 
 from . import corpus
-from .fusemount import erofsfuse_command, is_mounted, wait_gone
+from .fusemount import daemon_pids, erofsfuse_command, is_mounted, wait_gone
 from .kernel import mount, umount
 from .trees import sha256_file
 
@@ -23,19 +23,12 @@ NAME = "lz4hc-C1M-big"
 
 
 def keeper_and_worker(mountpoint: str) -> tuple[int, int]:
-    """Find the keeper (named erofsfuse-keep, its command line names the mountpoint) and its worker child."""
-    target = os.path.realpath(mountpoint).encode()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/comm", "rb") as f:
-                name = f.read().strip()
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if name == b"erofsfuse-keep" and any(os.path.realpath(a) == target for a in args if a):
-            children = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
-            return int(pid), int(children[0])
+    """The mount's keeper (the daemon process named erofsfuse-keep) and its worker child."""
+    for pid in daemon_pids(mountpoint):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/comm", "rb") as f:
+            if f.read().strip() == b"erofsfuse-keep":
+                children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+                return pid, int(children[0])
     raise AssertionError(f"no keeper for {mountpoint}")
 
 
@@ -139,8 +132,7 @@ def test_request_queued_while_the_worker_dies_is_answered():
 
 def test_killing_the_keeper_leaves_the_worker_serving():
     path, sha = big_file()
-    with tempfile.TemporaryDirectory(prefix="efuse-fo-") as mnt:
-        subprocess.run(erofsfuse_command(corpus.image_path(NAME), mnt, options=["failover"]), check=True, timeout=60)
+    with failover_mount(corpus.image_path(NAME)) as mnt:
         keeper, worker = keeper_and_worker(mnt)
         os.kill(keeper, signal.SIGKILL)
         assert wait_gone([keeper])
@@ -151,8 +143,7 @@ def test_killing_the_keeper_leaves_the_worker_serving():
 
 
 def test_sigterm_to_the_keeper_unmounts():
-    with tempfile.TemporaryDirectory(prefix="efuse-fo-") as mnt:
-        subprocess.run(erofsfuse_command(corpus.image_path(NAME), mnt, options=["failover"]), check=True, timeout=60)
+    with failover_mount(corpus.image_path(NAME)) as mnt:
         keeper, worker = keeper_and_worker(mnt)
         os.kill(keeper, signal.SIGTERM)
         assert wait_gone([keeper, worker])
@@ -162,9 +153,7 @@ def test_sigterm_to_the_keeper_unmounts():
 @pytest.mark.slow
 def test_keeper_gives_up_on_a_crash_loop():
     """A worker that keeps dying is respawned a bounded number of times, then the mount is abandoned."""
-    with tempfile.TemporaryDirectory(prefix="efuse-fo-") as mnt:
-        subprocess.run(erofsfuse_command(corpus.image_path("plain"), mnt, options=["failover"]), check=True,
-                       timeout=60)
+    with failover_mount(corpus.image_path("plain")) as mnt:
         keeper, worker = keeper_and_worker(mnt)
         for _ in range(20):
             if not os.path.exists(f"/proc/{keeper}"):
