@@ -12,8 +12,9 @@ import time
 ERofsFUSE = [sys.executable, "-m", "erofsfuse.mount"]
 
 
-def erofsfuse_command(image: str, mountpoint: str, devices=(), options=()) -> list[str]:
-    cmd = [*ERofsFUSE, *(f"--device={d}" for d in devices)]
+def erofsfuse_command(image: str, mountpoint: str, devices=(), options=(), args=()) -> list[str]:
+    """The erofsfuse command line; ``args`` are further options (``--offset=N`` …)."""
+    cmd = [*ERofsFUSE, *(f"--device={d}" for d in devices), *args]
     if options:
         cmd += ["-o", ",".join(options)]
     return [*cmd, image, mountpoint]
@@ -68,11 +69,11 @@ def unmount(mountpoint: str) -> None:
 
 
 @contextlib.contextmanager
-def fuse_mount(image: str, devices=(), options=(), mountpoint: str | None = None):
+def fuse_mount(image: str, devices=(), options=(), mountpoint: str | None = None, args=()):
     """Mount ``image`` with erofsfuse (background mode); yields the mountpoint."""
     with contextlib.ExitStack() as stack:
         mnt = mountpoint or stack.enter_context(tempfile.TemporaryDirectory(prefix="efuse-"))
-        subprocess.run(erofsfuse_command(image, mnt, devices, options), check=True, timeout=60,
+        subprocess.run(erofsfuse_command(image, mnt, devices, options, args), check=True, timeout=60,
                        capture_output=True)
         try:
             yield mnt

@@ -284,14 +284,9 @@ def test_image_embedded_at_an_offset(tmp_path, how):
     prefix = os.urandom(1 << 20)
     embedded = tmp_path / "embedded.img"
     embedded.write_bytes(prefix + Path(corpus.image_path(name)).read_bytes())
-    with tempfile.TemporaryDirectory() as mnt:
-        cmd = erofsfuse_command(str(embedded), mnt)
-        extra = [f"--offset={len(prefix)}"] if how == "--offset" else ["-o", f"offset={len(prefix)}"]
-        subprocess.run([*cmd[:-2], *extra, *cmd[-2:]], check=True, timeout=60, capture_output=True)
-        try:
-            assert not diff_trees(corpus.manifest(name)["entries"], describe_path(mnt))
-        finally:
-            unmount(mnt)
+    where = {"args": [f"--offset={len(prefix)}"]} if how == "--offset" else {"options": [f"offset={len(prefix)}"]}
+    with fuse_mount(str(embedded), **where) as mnt:
+        assert not diff_trees(corpus.manifest(name)["entries"], describe_path(mnt))
 
 
 def _cpu_seconds(pid: int) -> float:
