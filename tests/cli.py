@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from . import corpus
 from .kernel import mount, umount
 
 TOOL_TIMEOUT = 120
@@ -24,9 +23,9 @@ def run_tool(*args: str | os.PathLike, timeout: float = TOOL_TIMEOUT) -> subproc
     return proc
 
 
-def device_args(name: str) -> list[str]:
-    """``--device`` options for a corpus image, in device-table order."""
-    return [arg for dev in corpus.device_paths(name) for arg in ("--device", dev)]
+def device_args(devices) -> list[str]:
+    """``--device`` options for these device paths (in device-table order)."""
+    return [arg for dev in devices for arg in ("--device", dev)]
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, image: str | os.PathLike, *needles: str) -> str:

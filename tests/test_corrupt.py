@@ -23,7 +23,7 @@ from erofsfuse.inode import Inode
 from erofsfuse.superblock import kernel_crc32c
 
 from . import corpus
-from .cli import assert_one_error_line, deadline, run_tool
+from .cli import assert_one_error_line, deadline, device_args, run_tool
 from .damage import largest_pcluster, patch
 
 LIBRARY_SECONDS = 20
@@ -114,8 +114,7 @@ def expect_library_error(kind: type[ErofsError], needles, action) -> ErofsError:
 def expect_tool_failure(image: str, needles, devices=(), *, fsck_path: str | None = None, extract_needles=None,
                         tmp_path=None):
     """``fsck`` and ``extract`` exit 1; ``fsck`` names every problem (with ``fsck_path`` among them), one a line."""
-    device_args = [arg for dev in devices for arg in ("--device", dev)]
-    fsck = run_tool("fsck", *device_args, image, timeout=TOOL_SECONDS)
+    fsck = run_tool("fsck", *device_args(devices), image, timeout=TOOL_SECONDS)
     assert fsck.returncode == 1, fsck.stderr
     assert "Traceback" not in fsck.stderr and fsck.stdout == b""
     lines = fsck.stderr.splitlines()
@@ -128,7 +127,7 @@ def expect_tool_failure(image: str, needles, devices=(), *, fsck_path: str | Non
         assert named, fsck.stderr
         assert all(needle in named[0] for needle in needles), named[0]
     dest = tmp_path / "extracted"
-    extract = run_tool("extract", *device_args, image, dest, timeout=TOOL_SECONDS)
+    extract = run_tool("extract", *device_args(devices), image, dest, timeout=TOOL_SECONDS)
     assert_one_error_line(extract, image, *(needles if extract_needles is None else extract_needles))
     shutil.rmtree(dest, ignore_errors=True)
 

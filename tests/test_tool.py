@@ -31,7 +31,7 @@ IFMT = {name: fmt for fmt, name in TYPES.items()}
 
 
 def tool(command: str, name: str, *args: str):
-    return run_tool(command, *device_args(name), corpus.image_path(name), *args)
+    return run_tool(command, *device_args(corpus.device_paths(name)), corpus.image_path(name), *args)
 
 
 def without_dir_sizes(tree: dict[str, dict]) -> dict[str, dict]:
