@@ -29,6 +29,7 @@ SLOW_ALGORITHMS = frozenset({d.COMPRESSION_LZMA, d.COMPRESSION_DEFLATE, d.COMPRE
 BIG_EXTENT = 256 * 1024
 READ_AHEAD_TRIGGER = 256 * 1024
 READ_AHEAD_BYTES = 2 << 20
+STORED = _zmap.MAPPED | _zmap.INLINE | _zmap.FRAGMENT  # where an extent's bytes are; MAPPED alone: a device
 # compressed bytes one read fetches up front; a hostile map (huge pclusters for tiny extents) cannot make it more
 PREFETCH_BYTES = 8 << 20
 
@@ -171,7 +172,7 @@ class DataReader:
         for ext in extents:
             la, llen, pa = ext[:3]
             stop = min(end, la + llen)
-            if pos == la and stop == la + llen and pa in sources:
+            if pos == la and stop == la + llen and ext[5] & STORED == _zmap.MAPPED and pa in sources:
                 # a whole extent is decoded without the cache: the kernel keeps what it asked for
                 parts.append(self._decode(ino, ext, sources[pa]))
             else:
@@ -197,7 +198,7 @@ class DataReader:
         wanted: list[tuple[int, int]] = []
         budget = PREFETCH_BYTES
         for la, llen, pa, plen, alg, flags in extents:
-            if not flags & _zmap.MAPPED or flags & _zmap.INLINE:
+            if flags & STORED != _zmap.MAPPED:  # only pclusters on a device are read here
                 continue
             if (la < offset or la + llen > end) and self._key(ino, la, llen, pa, plen, alg, flags) in self.pclusters:
                 continue
