@@ -98,8 +98,7 @@ class Layout:
         """The roots and their ``snapshots/`` and ``trash/``, private to root (also if they already existed)."""
         for d in (self.root, self.writable_root, self.snapshots_dir, self.writable_snapshots_dir, *self.trash_dirs):
             if d is not None:
-                d.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
-                os.chmod(d, PRIVATE_DIR)
+                make_dir(d, PRIVATE_DIR, parents=True)
 
     def create_snapshot(self, snapshot_id: int, *, active: bool) -> None:
         """Directories of a new snapshot; the upper dir is 0755 like every image root."""
@@ -130,9 +129,9 @@ class Layout:
         return None
 
 
-def make_dir(path: Path, mode: int) -> None:
+def make_dir(path: Path, mode: int, *, parents: bool = False) -> None:
     """A directory with exactly ``mode``, whatever the umask (it may exist already)."""
-    path.mkdir(mode=mode, exist_ok=True)
+    path.mkdir(mode=mode, parents=parents, exist_ok=True)
     os.chmod(path, mode)
 
 
