@@ -42,11 +42,16 @@ def daemon_pids(mountpoint: str) -> list[int]:
     return pids
 
 
+def process_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name: state, ppid, … (``[0]`` is field 3)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs; an exited process waiting to be reaped counts as gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        return process_stat(pid)[0] != "Z"
     except OSError:
         return False
 

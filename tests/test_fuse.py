@@ -24,7 +24,7 @@ from erofsfuse.image import ErofsImage
 
 from . import corpus
 from .damage import largest_pcluster, patch
-from .fusemount import daemon_pids, erofsfuse_command, fuse_mount, is_mounted, unmount, wait_gone
+from .fusemount import daemon_pids, erofsfuse_command, fuse_mount, is_mounted, process_stat, unmount, wait_gone
 from .kernel import erofs_mount, overlay_mount
 from .trees import describe_path, diff_trees, sha256_file
 
@@ -290,7 +290,7 @@ def test_image_embedded_at_an_offset(tmp_path, how):
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = process_stat(pid)  # utime and stime are fields 14 and 15
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

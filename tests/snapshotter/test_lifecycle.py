@@ -14,7 +14,7 @@ import pytest
 from snapshotter.convert import Readahead
 from snapshotter.daemons import DaemonProcesses, daemon_processes
 from snapshotter.planner import MODE_LABEL, MODE_REASON_LABEL
-from tests.fusemount import wait_gone
+from tests.fusemount import process_stat, wait_gone
 from tests.kernel import erofs_mount, mount
 from tests.snapshotter import fstest
 from tests.snapshotter.conftest import Env, mode_param, start_env, stop_env
@@ -56,8 +56,7 @@ def snapshot_mounts(env: Env) -> list[tuple[str, str]]:
 
 
 def parent_pid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    return int(process_stat(pid)[1])
 
 
 def stack_daemons(root: Path) -> dict[Path, DaemonProcesses]:
