@@ -499,8 +499,7 @@ cdef class ZMap:
         try:
             return self.lookup_extent(offset, whole)
         finally:
-            self.block = None  # give the borrowed metadata chunk back
-            self.block_no = -1
+            self.give_back()
 
     def map_range(self, uint64_t offset, uint64_t end):
         """The extents (as ``map`` gives them) that together cover ``[offset, end)``, in order."""
@@ -516,8 +515,12 @@ cdef class ZMap:
                 pos = stop
             return extents
         finally:
-            self.block = None
-            self.block_no = -1
+            self.give_back()
+
+    cdef inline void give_back(self) noexcept:
+        """Drop the borrowed metadata chunk, so that a cached map pins none between lookups."""
+        self.block = None
+        self.block_no = -1
 
     cdef object lookup_extent(self, uint64_t offset, bint whole):
         cdef uint64_t la = offset, llen = 0, pa = 0, plen = 0
