@@ -164,7 +164,7 @@ class DataReader:
         extents = cmap.map_range(offset, end)
         sources = self._prefetch(ino, extents, offset, end)
         last = extents[-1]
-        if end - offset >= READ_AHEAD_TRIGGER and last[5] & _zmap.MAPPED and not last[5] & _zmap.INLINE:
+        if end - offset >= READ_AHEAD_TRIGGER and last[5] & STORED == _zmap.MAPPED:
             # a large read is usually part of a sequential one: start the next compressed bytes coming
             self.devices.prefetch(last[2] + last[3], READ_AHEAD_BYTES)
         parts = []
