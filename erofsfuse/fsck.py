@@ -26,16 +26,6 @@ from .inode import Inode
 from .progress import Progress
 from .stream import chunks
 
-FILE_TYPES = {
-    stat.S_IFREG: d.FT_REG_FILE,
-    stat.S_IFDIR: d.FT_DIR,
-    stat.S_IFCHR: d.FT_CHRDEV,
-    stat.S_IFBLK: d.FT_BLKDEV,
-    stat.S_IFIFO: d.FT_FIFO,
-    stat.S_IFSOCK: d.FT_SOCK,
-    stat.S_IFLNK: d.FT_SYMLINK,
-}
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -122,7 +112,7 @@ class Checker:
         except ErofsError as exc:
             self.problem(path, entry.nid, exc)
             return None
-        expected = FILE_TYPES.get(stat.S_IFMT(child.mode))
+        expected = d.FILE_TYPES.get(stat.S_IFMT(child.mode))
         if entry.file_type != expected:
             self.problem(path, child.nid, f"dirent file type {entry.file_type} does not match the inode's ({expected})")
         if not child.is_dir and child.nid not in self._seen:

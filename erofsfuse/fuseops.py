@@ -19,7 +19,9 @@ import pyfuse3
 import trio
 
 from .busypoll import BusyPoll
+from .direntplus import names_only
 from .errors import ErofsError
+from .listing import ListingAdvisor
 from .tree import ROOT_INO, Node, Tree
 
 log = logging.getLogger("erofsfuse")
@@ -91,6 +93,7 @@ class ErofsOperations(pyfuse3.Operations):
         self._limiter = trio.CapacityLimiter(threads)
         self.block_size = tree.root.image.sb.block_size
         self.activity = BusyPoll(busy_poll)  # run by the FUSE loop next to pyfuse3.main
+        self.listings = ListingAdvisor()
 
     # -- bookkeeping -------------------------------------------------------------
     def report(self, op: str, args: tuple, exc: ErofsError, code: int) -> None:
@@ -149,6 +152,7 @@ class ErofsOperations(pyfuse3.Operations):
             negative.st_ino = 0
             negative.entry_timeout = CACHE_TIMEOUT
             return negative
+        self.listings.looked_up(parent_inode, ctx.pid, child.inode.is_dir)
         return self.attributes(self._remember(child))
 
     @fuse_handler
@@ -179,11 +183,17 @@ class ErofsOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if not stat.S_ISDIR(self._node(inode).inode.mode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        self.listings.opened(inode, ctx.pid)
         return inode
 
     @fuse_handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         node = self._node(fh)
+        if names_only is not None and not self.listings.with_attributes(fh):
+            for name, ino, mode, next_id in self.tree.listing(node, start_id):
+                if not pyfuse3.readdir_reply(token, name, names_only(ino, mode), next_id):
+                    break
+            return
         for name, child, next_id in self.tree.entries(node, start_id):
             if not pyfuse3.readdir_reply(token, name, self.attributes(child), next_id):
                 break
@@ -192,7 +202,7 @@ class ErofsOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def releasedir(self, fh: int) -> None:
-        return None
+        self.listings.closed(fh)
 
     # -- files ---------------------------------------------------------------------
     @fuse_handler

@@ -6,6 +6,7 @@ read side by side. All integers are little-endian.
 
 from __future__ import annotations
 
+import stat
 import struct
 
 SUPER_OFFSET = 1024
@@ -122,6 +123,16 @@ DIRENT_NID_MASK = (1 << DIRENT_NID_METABOX_BIT) - 1
 NAME_LEN = 255
 
 FT_UNKNOWN, FT_REG_FILE, FT_DIR, FT_CHRDEV, FT_BLKDEV, FT_FIFO, FT_SOCK, FT_SYMLINK = range(8)
+FILE_TYPES = {  # inode type (S_IFMT) -> dirent file_type
+    stat.S_IFREG: FT_REG_FILE,
+    stat.S_IFDIR: FT_DIR,
+    stat.S_IFCHR: FT_CHRDEV,
+    stat.S_IFBLK: FT_BLKDEV,
+    stat.S_IFIFO: FT_FIFO,
+    stat.S_IFSOCK: FT_SOCK,
+    stat.S_IFLNK: FT_SYMLINK,
+}
+FILE_TYPE_MODES = {ft: mode for mode, ft in FILE_TYPES.items()}
 
 # -- extended attributes -----------------------------------------------------
 XATTR_IBODY_HEADER = struct.Struct("<I B 7x")  # h_name_filter h_shared_count

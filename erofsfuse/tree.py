@@ -8,10 +8,12 @@ merges several images with overlayfs semantics behind the same interface.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from . import ondisk as d
+from .dirs import DirEntry
 from .image import ErofsImage, StatResult
 from .inode import Inode
 
@@ -74,6 +76,11 @@ class Tree:
         """Children from listing position ``start``: (name, node, position after it)."""
         raise NotImplementedError
 
+    def listing(self, node: Node, start: int) -> Iterator[tuple[bytes, int, int, int]]:
+        """What a listing shows without attributes: (name, inode number, ``S_IFMT`` type, position after it)."""
+        for name, child, position in self.entries(node, start):
+            yield name, child.ino, stat.S_IFMT(child.inode.mode), position
+
     def stat(self, node: Node) -> StatResult:
         img, ino = node.parts[0]
         return replace(img.stat(ino), st_ino=node.ino, st_nlink=self.nlink(node))
@@ -128,6 +135,9 @@ class ImageTree(Tree):
         img = self.image
         return Node(nid + 2, ((img, img.inode(nid)),))
 
+    def _ino(self, nid: int) -> int:
+        return ROOT_INO if nid == self._root_nid else nid + 2
+
     def node_by_ino(self, ino: int) -> Node:
         return self.root if ino == ROOT_INO else self.node(ino - 2)
 
@@ -135,14 +145,31 @@ class ImageTree(Tree):
         found = self.image.dirs.lookup(parent.inode, name)
         return None if found is None else self.node(found[0])
 
-    def entries(self, node: Node, start: int) -> Iterator[tuple[bytes, Node, int]]:
-        # Position p of a dirent is reported as p + 2; 1 is a "." the image omits.
+    def _dirents(self, node: Node, start: int) -> Iterator[tuple[DirEntry | None, int]]:
+        """Dirents from listing position ``start``, each with the position after it; None stands for a "." the
+        image omits, which the kernel lists last. The dirent at byte p is at position p + 2."""
         ino = node.inode
-        if start == 0 and ino.dot_omitted:
-            yield b".", node, 1
         for entry in self.image.dirs.entries(ino, max(start - 1, 0)):
-            child = node if entry.name == b"." else self.node(entry.nid)
-            yield entry.name, child, entry.offset + 2
+            yield entry, entry.offset + 2
+        if ino.dot_omitted and start < ino.size + 2:
+            yield None, ino.size + 2
+
+    def entries(self, node: Node, start: int) -> Iterator[tuple[bytes, Node, int]]:
+        for entry, position in self._dirents(node, start):
+            if entry is None or entry.name == b".":
+                yield b".", node, position
+            else:
+                yield entry.name, self.node(entry.nid), position
+
+    def listing(self, node: Node, start: int) -> Iterator[tuple[bytes, int, int, int]]:
+        # straight from the dirents, with the dirent's file type as the kernel shows it: no inode is read
+        modes = d.FILE_TYPE_MODES
+        for entry, position in self._dirents(node, start):
+            if entry is None:
+                yield b".", node.ino, stat.S_IFDIR, position
+            else:
+                ino = node.ino if entry.name == b"." else self._ino(entry.nid)
+                yield entry.name, ino, modes.get(entry.file_type, 0), position
 
     def statfs(self) -> FsStats:
         return image_stats(self.image)

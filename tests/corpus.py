@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from functools import cache
 from pathlib import Path
 
@@ -45,3 +46,11 @@ def device_paths(name: str) -> list[str]:
 def is_compressed(e: dict) -> bool:
     """Whether an image stores compressed data (a ``-z`` option or a compressed metabox)."""
     return any(arg.startswith("-z") or arg.startswith("-m") for arg in e["mkfs_args"])
+
+
+def stack_file(directory: str | os.PathLike, names: list[str]) -> str:
+    """A stack file (bottom layer first) of corpus images, written in ``directory``."""
+    layers = [{"image": image_path(n), "devices": device_paths(n)} for n in names]
+    path = Path(directory) / "stack.json"
+    path.write_text(json.dumps({"layers": layers, "comment": "bottom layer first"}))
+    return str(path)

@@ -84,3 +84,25 @@ def fuse_mount(image: str, devices=(), options=(), mountpoint: str | None = None
             yield mnt
         finally:
             unmount(mnt)
+
+
+@contextlib.contextmanager
+def traced_mount(image: str, log_path: str):
+    """Mount ``image`` with every request logged (``--debug``) to ``log_path``; yields the mountpoint."""
+    with tempfile.TemporaryDirectory(prefix="efuse-") as mnt, open(log_path, "wb") as log:
+        daemon = subprocess.Popen(erofsfuse_command(image, mnt, args=["--debug"]), stdout=subprocess.DEVNULL,
+                                  stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while not is_mounted(mnt):
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"erofsfuse --debug did not mount {image}: see {log_path}")
+                time.sleep(0.02)
+            yield mnt
+        finally:
+            unmount(mnt)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()

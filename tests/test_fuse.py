@@ -45,17 +45,10 @@ def test_corpus_image_through_fuse(name):
     assert ours == [fs[field] for field in fields]
 
 
-def _stack_file(tmp_path: Path, names: list[str]) -> str:
-    layers = [{"image": corpus.image_path(n), "devices": corpus.device_paths(n)} for n in names]
-    path = tmp_path / "stack.json"
-    path.write_text(json.dumps({"layers": layers, "comment": "bottom layer first"}))
-    return str(path)
-
-
 @pytest.mark.parametrize("names", [["layer1", "layer2", "layer3"], ["tlayer1", "tlayer2", "tlayer3"],
                                    ["layer1", "layer3"], ["incremental", "layer1", "tlayer2", "layer3"]])
 def test_stack_equals_kernel_overlay(tmp_path, names):
-    with fuse_mount(_stack_file(tmp_path, names)) as mnt:
+    with fuse_mount(corpus.stack_file(tmp_path, names)) as mnt:
         ours = describe_path(mnt)
     with contextlib.ExitStack() as stack:
         lowers = [stack.enter_context(erofs_mount(corpus.image_path(n), corpus.device_paths(n))) for n in names]
@@ -68,7 +61,7 @@ def test_stack_with_one_layer_hides_whiteouts_unlike_the_plain_image(tmp_path):
     """A layer with whiteouts shows them as an image, and hides them as a stack (as overlayfs does)."""
     with fuse_mount(corpus.image_path("layer2")) as mnt:
         plain = describe_path(mnt)
-    with fuse_mount(_stack_file(tmp_path, ["layer2"])) as mnt:
+    with fuse_mount(corpus.stack_file(tmp_path, ["layer2"])) as mnt:
         stacked = describe_path(mnt)
     whiteouts = [p for p, e in plain.items() if e["type"] == "chardev" and e["rdev"] == {"major": 0, "minor": 0}]
     assert whiteouts, "layer2 is expected to carry whiteouts"
