@@ -14,12 +14,14 @@ from dataclasses import dataclass, replace
 
 from . import ondisk as d
 from .dirs import DirEntry
+from .errors import CorruptImage
 from .image import ErofsImage, StatResult
 from .inode import Inode
 
 ROOT_INO = 1
 LAYER_SHIFT = 52  # stacks put the layer index above the nid in inode numbers
 METABOX_BIT = 1 << d.DIRENT_NID_METABOX_BIT
+INO_LIMIT = 1 << 64  # FUSE inode numbers are 64-bit
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,13 @@ class ImageTree(Tree):
         img = self.image
         return Node(nid + 2, ((img, img.inode(nid)),))
 
-    def _ino(self, nid: int) -> int:
-        return ROOT_INO if nid == self._root_nid else nid + 2
+    def _ino(self, nid: int, parent: Node) -> int:
+        """The inode number of a dirent's nid, without reading the inode (a listing shows it as it is)."""
+        if nid == self._root_nid:
+            return ROOT_INO
+        if nid >= INO_LIMIT - 2:
+            raise CorruptImage(f"dirent nid {nid} cannot be an inode number", parent.inode.nid)
+        return nid + 2
 
     def node_by_ino(self, ino: int) -> Node:
         return self.root if ino == ROOT_INO else self.node(ino - 2)
@@ -168,7 +175,7 @@ class ImageTree(Tree):
             if entry is None:
                 yield b".", node.ino, stat.S_IFDIR, position
             else:
-                ino = node.ino if entry.name == b"." else self._ino(entry.nid)
+                ino = node.ino if entry.name == b"." else self._ino(entry.nid, node)
                 yield entry.name, ino, modes.get(entry.file_type, 0), position
 
     def statfs(self) -> FsStats:

@@ -38,6 +38,7 @@ from erofsfuse import _zmap
 from erofsfuse import ondisk as d
 from erofsfuse.errors import ErofsError
 from erofsfuse.image import ErofsImage
+from erofsfuse.tree import ImageTree, Node
 
 from . import corpus
 
@@ -155,6 +156,8 @@ def _operations(img: ErofsImage, ino) -> list:
     if ino.is_dir:
         calls.append(lambda: [img.lookup(ino, e.name) for e in itertools.islice(img.entries(ino), 64)])
         calls.append(lambda: img.lookup(ino, b"no-such-name"))
+        node = Node(ino.nid + 2, ((img, ino),))  # a FUSE listing of names only, straight from the dirents
+        calls.append(lambda: list(itertools.islice(ImageTree(img).listing(node, 0), 256)))
     return calls
 
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 DT_DIR = 4
+REPO = str(Path(__file__).resolve().parent.parent)
 
 
 class Dirent64(ctypes.Structure):
@@ -33,15 +36,21 @@ libc.closedir.argtypes = [ctypes.c_void_p]
 
 
 def listing(path: str) -> list[tuple[str, int, int]]:
+    """Every entry readdir(3) returns, in its order; a failed readdir raises (it does not end the listing)."""
     handle = libc.opendir(os.fsencode(path))
     if not handle:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     try:
         out = []
-        while entry := libc.readdir64(handle):
+        while True:
+            ctypes.set_errno(0)
+            entry = libc.readdir64(handle)
+            if not entry:
+                if err := ctypes.get_errno():
+                    raise OSError(err, os.strerror(err), path)
+                return out
             out.append((os.fsdecode(entry.contents.d_name), entry.contents.d_type, entry.contents.d_ino))
-        return out
     finally:
         libc.closedir(handle)
 
@@ -66,6 +75,13 @@ def main(steps: list[str]) -> None:
         else:
             raise SystemExit(f"unknown step {step!r}")
     json.dump(out, sys.stdout)
+
+
+def in_new_process(*steps: str) -> dict[str, list]:
+    """Run the steps in a new process (a caller a FUSE daemon has never seen); its listings by directory."""
+    done = subprocess.run([sys.executable, "-m", "tests.rawlist", *steps], cwd=REPO, capture_output=True,
+                          check=True, timeout=300)
+    return json.loads(done.stdout)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ at an offset typed in.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import struct
+import subprocess
 
 import pytest
 
@@ -25,6 +27,9 @@ from erofsfuse.superblock import kernel_crc32c
 from . import corpus
 from .cli import assert_one_error_line, deadline, device_args, run_tool
 from .damage import largest_pcluster, patch
+from .fusemount import fuse_mount
+from .kernel import erofs_mount
+from .rawlist import in_new_process
 
 LIBRARY_SECONDS = 20
 TOOL_SECONDS = 60
@@ -243,6 +248,33 @@ def test_dirent_nid_beyond_the_image(tmp_path):
         assert error.nid == beyond
         expect_library_error(CorruptImage, [f"nid {beyond}"], lambda: list(img.walk()))
     expect_tool_failure(path, ["past the end", f"nid {beyond}"], fsck_path=child.decode(), tmp_path=tmp_path)
+
+
+def test_listings_show_dirents_of_impossible_inodes_as_the_kernel_does(tmp_path):
+    """A names-only listing reads no inode: the kernel lists a dirent whose nid is past the end, so do we; a nid
+    that cannot be an inode number at all fails the listing with EIO and a log line naming the directory."""
+    path = copy_image("plain", tmp_path)
+    with ErofsImage(path) as img:
+        dir_path, dir_ino, entries, i = find_dirent(img, lambda img, es, i: es[i].file_type == d.FT_REG_FILE)
+        rewrite_dirent(path, img, dir_ino, entries[i], nid=(img.devices.primary.size >> d.ISLOT_BITS) + 1000)
+    directory = dir_path.decode()
+    with erofs_mount(path) as kmnt:
+        kernel = in_new_process(f"list:{kmnt}{directory}")[f"{kmnt}{directory}"]
+    with fuse_mount(path) as mnt:
+        ours = in_new_process(f"list:{mnt}{directory}")[f"{mnt}{directory}"]
+        with pytest.raises(OSError) as info:
+            os.lstat(f"{mnt}{directory}/{entries[i].name.decode()}")
+        assert info.value.errno == errno.EIO
+    assert [e[:2] for e in ours] == [e[:2] for e in kernel]
+
+    with ErofsImage(path) as img:
+        rewrite_dirent(path, img, dir_ino, img.dirs.block_entries(dir_ino, 0)[i], nid=(1 << 64) - 1)
+    log = tmp_path / "daemon.log"
+    with fuse_mount(path, options=[f"log={log}"]) as mnt, pytest.raises(subprocess.CalledProcessError) as failed:
+        in_new_process(f"list:{mnt}{directory}")
+    assert f"[Errno {errno.EIO}]".encode() in failed.value.stderr
+    assert f"nid {dir_ino.nid}" in log.read_text() and "cannot be an inode number" in log.read_text()
+    assert "Traceback" not in log.read_text()
 
 
 def test_dirent_name_offsets_out_of_order(tmp_path):

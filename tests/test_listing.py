@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,17 +16,10 @@ from erofsfuse.listing import ListingAdvisor, thread_group
 from . import corpus
 from .fusemount import fuse_mount, traced_mount
 from .kernel import erofs_mount, overlay_mount
+from .rawlist import in_new_process
 
-REPO = str(Path(__file__).resolve().parent.parent)
 IMAGES = ["plain", "dot-omitted", "plain-b512", "lz4hc-C32k-ztail-frag-dedupe", "tar-index", "fsmeta-flat",
           "metabox-lz4hc", "layer2"]
-
-
-def rawlist(*steps: str) -> dict[str, list]:
-    """Run ``tests.rawlist`` in a new process (a caller the daemon has never seen)."""
-    done = subprocess.run([sys.executable, "-m", "tests.rawlist", *steps], cwd=REPO, capture_output=True,
-                          check=True, timeout=300)
-    return json.loads(done.stdout)
 
 
 def relative(listings: dict[str, list], root: str) -> dict[str, list]:
@@ -49,24 +39,24 @@ def test_names_only_listings_show_what_the_kernel_shows(name):
     """Names, order and d_type as the kernel's own mount lists them; d_ino as lstat shows the same file."""
     image, devices = corpus.image_path(name), corpus.device_paths(name)
     with fuse_mount(image, devices) as mnt:
-        ours = relative(rawlist(f"walk:{mnt}"), mnt)
+        ours = relative(in_new_process(f"walk:{mnt}"), mnt)
         for directory, entries in ours.items():
             for entry_name, _, d_ino in entries:
                 if not (directory == "." and entry_name == ".."):  # the mount root's parent is outside
                     assert os.lstat(os.path.join(mnt, directory, entry_name)).st_ino == d_ino, (directory, entry_name)
     with erofs_mount(image, devices) as kmnt:
-        kernel = relative(rawlist(f"walk:{kmnt}"), kmnt)
+        kernel = relative(in_new_process(f"walk:{kmnt}"), kmnt)
     _same_names_and_types(ours, kernel)
 
 
 def test_names_only_listings_of_a_stack_show_what_overlayfs_shows(tmp_path):
     names = ["layer1", "layer2", "layer3"]
     with fuse_mount(corpus.stack_file(tmp_path, names)) as mnt:
-        ours = relative(rawlist(f"walk:{mnt}"), mnt)
+        ours = relative(in_new_process(f"walk:{mnt}"), mnt)
     with contextlib.ExitStack() as stack:
         lowers = [stack.enter_context(erofs_mount(corpus.image_path(n), corpus.device_paths(n))) for n in names]
         merged = stack.enter_context(overlay_mount(lowers))
-        kernel = relative(rawlist(f"walk:{merged}"), merged)
+        kernel = relative(in_new_process(f"walk:{merged}"), merged)
     _same_names_and_types(ours, kernel)
 
 
@@ -101,11 +91,11 @@ def test_a_caller_that_stats_what_it_listed_gets_attributes_from_then_on(tmp_pat
     (d1, f1), (d2, f2), (d3, f3) = _directories_with_files("plain", 3)
     with traced_mount(corpus.image_path("plain"), str(log)) as mnt:
         # a new caller gets names only: the kernel keeps no entry, so a later stat must look the file up
-        rawlist(f"list:{mnt}{d1}")
+        in_new_process(f"list:{mnt}{d1}")
         os.lstat(f"{mnt}{d1}/{f1}")
         assert _looked_up(log, mnt + d1, f1)
         # one that stats a file it just listed gets attributes with its next listing: no lookup needed
-        rawlist(f"list:{mnt}{d2}", f"lstat:{mnt}{d2}/{f2}", f"list:{mnt}{d3}", f"lstat:{mnt}{d3}/{f3}")
+        in_new_process(f"list:{mnt}{d2}", f"lstat:{mnt}{d2}/{f2}", f"list:{mnt}{d3}", f"lstat:{mnt}{d3}/{f3}")
         assert _looked_up(log, mnt + d2, f2)
         assert not _looked_up(log, mnt + d3, f3)
 
