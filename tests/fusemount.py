@@ -8,6 +8,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+from erofsfuse.mountinfo import mount_table
 
 ERofsFUSE = [sys.executable, "-m", "erofsfuse.mount"]
 
@@ -21,9 +24,8 @@ def erofsfuse_command(image: str, mountpoint: str, devices=(), options=(), args=
 
 
 def is_mounted(mountpoint: str) -> bool:
-    target = os.path.realpath(mountpoint)
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == target for line in f)
+    target = Path(os.path.realpath(mountpoint))
+    return any(m.target == target for m in mount_table())
 
 
 def daemon_pids(mountpoint: str) -> list[int]:
