@@ -63,14 +63,18 @@ def _builder() -> Callable[[int, int], pyfuse3.EntryAttributes] | None:
         log.info("pyfuse3 %s: unknown EntryAttributes layout, every listed entry carries attributes",
                  getattr(pyfuse3, "__version__", "?"))
         return None
-    node_id = ctypes.c_uint64
+    entry = pyfuse3.EntryAttributes()
+    node_id = ctypes.c_uint64.from_address(id(entry) + offset)
 
     def names_only(ino: int, mode: int) -> pyfuse3.EntryAttributes:
-        """A listing entry showing inode number ``ino`` and the file type in ``mode``, and nothing else."""
-        entry = pyfuse3.EntryAttributes()
+        """A listing entry showing inode number ``ino`` and the file type in ``mode``, and nothing else.
+
+        The entry is one shared object, valid until the next call: hand it straight to
+        ``pyfuse3.readdir_reply``, which copies it into the reply.
+        """
         entry.st_ino = ino
         entry.st_mode = mode
-        node_id.from_address(id(entry) + offset).value = 0
+        node_id.value = 0
         return entry
 
     return names_only

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from . import _dirents
 from . import ondisk as d
+from .cache import SizedLRU
 from .errors import CorruptImage, NotADirectory
 from .inode import Inode
 
@@ -37,25 +38,33 @@ class Directories:
     """
 
     DECODED_BLOCKS = 64
+    # A listing reads the directory's next blocks with one request (the kernel reads ahead the same way):
+    # metadata reads land at scattered places, so the page cache of the image sees them as random and
+    # would otherwise fetch each block with its own disk request.
+    READ_AHEAD_BYTES = 128 << 10
 
     def __init__(self, image: ErofsImage, cache_bytes: int):
         self.image = image
         self.blkszbits = image.sb.blkszbits
         self.block_size = image.sb.block_size
-        self._blocks = functools.lru_cache(maxsize=max(cache_bytes >> self.blkszbits, 16))(self._load_block)
+        self.read_ahead_blocks = max(self.READ_AHEAD_BYTES >> self.blkszbits, 1)
+        self._blocks: SizedLRU[bytes] = SizedLRU(max(cache_bytes, 16 << self.blkszbits))
         self._decoded = functools.lru_cache(maxsize=self.DECODED_BLOCKS)(self._decode_block)
 
     def block(self, ino: Inode, index: int) -> bytes:
         """Directory block ``index`` of ``ino`` (the last one may be short)."""
-        return self._blocks(ino.nid, index)
+        return self._blocks.get((ino.nid, index)) or self._load(ino, index, 1)
 
-    def _load_block(self, nid: int, index: int) -> bytes:
-        ino = self.image.inode(nid)
-        start = index << self.blkszbits
-        data = self.image.reader.read(ino, start, self.block_size)
-        if len(data) != min(self.block_size, ino.size - start):
-            raise CorruptImage(f"short directory block {index}", ino.nid)
-        return data
+    def _load(self, ino: Inode, first: int, count: int) -> bytes:
+        """Read ``count`` blocks from ``first`` with one request, cache each and return the first."""
+        bits = self.blkszbits
+        start = first << bits
+        data = self.image.reader.read(ino, start, count << bits)
+        if len(data) != min(count << bits, ino.size - start):
+            raise CorruptImage(f"short directory block {first + (len(data) >> bits)}", ino.nid)
+        for i in range(count):
+            self._blocks.put((ino.nid, first + i), data[i << bits : (i + 1) << bits])
+        return data[: self.block_size]
 
     def _check(self, ino: Inode) -> int:
         if not ino.is_dir:
@@ -100,13 +109,11 @@ class Directories:
         return self._decode_block(ino.nid, index, True) if check else self._decoded(ino.nid, index, False)
 
     def _decode_block(self, nid: int, index: int, check: bool) -> list[DirEntry]:
-        block = self._blocks(nid, index)
+        block = self.block(self.image.inode(nid), index)
         try:
-            items = _dirents.entries(block, len(block), check)
+            return _dirents.entries(block, len(block), check, index << self.blkszbits, DirEntry)
         except CorruptImage as exc:
             raise exc.at(nid, f"directory block {index}") from None
-        base = index << self.blkszbits
-        return [DirEntry(name, child, ftype, base + i * d.DIRENT.size) for i, (name, child, ftype) in enumerate(items)]
 
     def entries(self, ino: Inode, start: int = 0, check: bool = False) -> Iterator[DirEntry]:
         """Dirents from position ``start`` on (including ``.`` and ``..``), in on-disk order."""
@@ -114,5 +121,7 @@ class Directories:
         first = start >> self.blkszbits
         skip = ((start & (self.block_size - 1)) + d.DIRENT.size - 1) // d.DIRENT.size
         for index in range(first, nblocks):
+            if (ino.nid, index) not in self._blocks:
+                self._load(ino, index, min(self.read_ahead_blocks, nblocks - index))
             items = self.block_entries(ino, index, check)
             yield from items[skip:] if index == first else items

@@ -190,8 +190,9 @@ class ErofsOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         node = self._node(fh)
         if names_only is not None and not self.listings.with_attributes(fh):
+            reply = pyfuse3.readdir_reply
             for name, ino, mode, next_id in self.tree.listing(node, start_id):
-                if not pyfuse3.readdir_reply(token, name, names_only(ino, mode), next_id):
+                if not reply(token, name, names_only(ino, mode), next_id):
                     break
             return
         for name, child, next_id in self.tree.entries(node, start_id):

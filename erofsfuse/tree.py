@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from . import ondisk as d
-from .dirs import DirEntry
 from .errors import CorruptImage
 from .image import ErofsImage, StatResult
 from .inode import Inode
@@ -137,14 +136,6 @@ class ImageTree(Tree):
         img = self.image
         return Node(nid + 2, ((img, img.inode(nid)),))
 
-    def _ino(self, nid: int, parent: Node) -> int:
-        """The inode number of a dirent's nid, without reading the inode (a listing shows it as it is)."""
-        if nid == self._root_nid:
-            return ROOT_INO
-        if nid >= INO_LIMIT - 2:
-            raise CorruptImage(f"dirent nid {nid} cannot be an inode number", parent.inode.nid)
-        return nid + 2
-
     def node_by_ino(self, ino: int) -> Node:
         return self.root if ino == ROOT_INO else self.node(ino - 2)
 
@@ -152,31 +143,30 @@ class ImageTree(Tree):
         found = self.image.dirs.lookup(parent.inode, name)
         return None if found is None else self.node(found[0])
 
-    def _dirents(self, node: Node, start: int) -> Iterator[tuple[DirEntry | None, int]]:
-        """Dirents from listing position ``start``, each with the position after it; None stands for a "." the
-        image omits, which the kernel lists last. The dirent at byte p is at position p + 2."""
-        ino = node.inode
-        for entry in self.image.dirs.entries(ino, max(start - 1, 0)):
-            yield entry, entry.offset + 2
-        if ino.dot_omitted and start < ino.size + 2:
-            yield None, ino.size + 2
-
     def entries(self, node: Node, start: int) -> Iterator[tuple[bytes, Node, int]]:
-        for entry, position in self._dirents(node, start):
-            if entry is None or entry.name == b".":
-                yield b".", node, position
-            else:
-                yield entry.name, self.node(entry.nid), position
+        for name, ino, _, position in self.listing(node, start):
+            yield name, node if name == b"." else self.node_by_ino(ino), position
 
     def listing(self, node: Node, start: int) -> Iterator[tuple[bytes, int, int, int]]:
-        # straight from the dirents, with the dirent's file type as the kernel shows it: no inode is read
+        """Straight from the dirents, with the dirent's file type as the kernel shows it: no inode is read.
+
+        The dirent at byte p is at position p + 2; a "." the image omits is listed last, as the kernel does.
+        """
         modes = d.FILE_TYPE_MODES
-        for entry, position in self._dirents(node, start):
-            if entry is None:
-                yield b".", node.ino, stat.S_IFDIR, position
+        ino = node.inode
+        own, root_nid = node.ino, self._root_nid
+        for name, nid, file_type, offset in self.image.dirs.entries(ino, max(start - 1, 0)):
+            if name == b".":
+                number = own
+            elif nid == root_nid:
+                number = ROOT_INO
+            elif nid < INO_LIMIT - 2:
+                number = nid + 2
             else:
-                ino = node.ino if entry.name == b"." else self._ino(entry.nid, node)
-                yield entry.name, ino, modes.get(entry.file_type, 0), position
+                raise CorruptImage(f"dirent nid {nid} cannot be an inode number", ino.nid)
+            yield name, number, modes.get(file_type, 0), offset + 2
+        if ino.dot_omitted and start < ino.size + 2:
+            yield b".", own, stat.S_IFDIR, ino.size + 2
 
     def statfs(self) -> FsStats:
         return image_stats(self.image)

@@ -66,9 +66,12 @@ cdef inline int namecmp(const uint8_t *a, Py_ssize_t alen, const uint8_t *b, Py_
     return (alen > blen) - (alen < blen)
 
 
-def entries(const uint8_t[::1] block, Py_ssize_t maxsize, bint check=False):
-    """All dirents of a block as ``(name, nid, file_type)`` tuples, in on-disk order.
+def entries(const uint8_t[::1] block, Py_ssize_t maxsize, bint check=False, Py_ssize_t base=0,
+            type record=tuple):
+    """All dirents of a block as ``record((name, nid, file_type, position))``, in on-disk order.
 
+    ``position`` is the dirent's byte position in the directory, ``base`` being
+    the block's; ``record`` is a tuple type (a named tuple for the callers).
     With ``check`` also verify what a reader would otherwise trust: strictly
     increasing names and no ``/`` or NUL inside a name.
     """
@@ -85,7 +88,8 @@ def entries(const uint8_t[::1] block, Py_ssize_t maxsize, bint check=False):
                 raise CorruptImage(f"dirent {i}: name contains '/' or NUL")
             if i and namecmp(blk + pstart, plen, blk + start, length) >= 0:
                 raise CorruptImage(f"dirent {i}: names are not in sorted order")
-        out.append((bytes(blk[start:start + length]), le64(blk + i * DIRENT_SIZE), blk[i * DIRENT_SIZE + 10]))
+        out.append(tuple.__new__(record, (bytes(blk[start:start + length]), le64(blk + i * DIRENT_SIZE),
+                                          blk[i * DIRENT_SIZE + 10], base + i * DIRENT_SIZE)))
         pstart = start
         plen = length
     return out
