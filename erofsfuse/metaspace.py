@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 from .errors import CorruptImage
 
-# Metadata is fetched a page at a time, as the kernel does: a walk that reads one inode per directory
-# (find) pays a disk request per inode either way, and a bigger chunk only makes each one slower.
-CHUNK_BITS = 12
+# Metadata is fetched 16 KiB at a time: a walk that stats every file (ls -l, a container start through
+# overlayfs) finds its neighbours' inodes already read, while one that reads a single inode per directory
+# (find) does not pay for 64 KiB each time (measured: both within a few percent of their best).
+CHUNK_BITS = 14
 
 
 class MetaSpace:
