@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from . import _dirents
 from . import ondisk as d
 from .cache import SizedLRU
-from .errors import CorruptImage, NotADirectory
+from .errors import CorruptImage, ErofsError, NotADirectory
 from .inode import Inode
 
 if TYPE_CHECKING:
@@ -120,8 +120,13 @@ class Directories:
         nblocks = self._check(ino)
         first = start >> self.blkszbits
         skip = ((start & (self.block_size - 1)) + d.DIRENT.size - 1) // d.DIRENT.size
+        read_ahead = self.read_ahead_blocks
         for index in range(first, nblocks):
-            if (ino.nid, index) not in self._blocks:
-                self._load(ino, index, min(self.read_ahead_blocks, nblocks - index))
+            count = min(read_ahead, nblocks - index)
+            if count > 1 and (ino.nid, index) not in self._blocks:
+                try:
+                    self._load(ino, index, count)
+                except ErofsError:
+                    read_ahead = 1  # block by block from here: the blocks before a bad one are still listed
             items = self.block_entries(ino, index, check)
             yield from items[skip:] if index == first else items

@@ -23,6 +23,7 @@ from erofsfuse.fsck import check
 from erofsfuse.image import ErofsImage
 from erofsfuse.inode import Inode
 from erofsfuse.superblock import kernel_crc32c
+from erofsfuse.tree import ImageTree
 
 from . import corpus
 from .cli import assert_one_error_line, deadline, device_args, run_tool
@@ -195,6 +196,30 @@ def test_truncated_image(tmp_path):
         error = expect_library_error(CorruptImage, ["past the end"], lambda: img.read(ino, 0, size))
         assert error.nid == nid
     expect_tool_failure(path, ["past the end", f"nid {nid}"], fsck_path=victim.decode(), tmp_path=tmp_path)
+
+
+def test_a_directory_cut_short_lists_the_blocks_before_the_cut(tmp_path):
+    path = copy_image("plain-noinline", tmp_path)
+    with ErofsImage(path) as img:
+        ino = img.resolve(b"/bigdir")
+        block = img.sb.block_size
+        kept = ino.size // block // 2  # a listing reads the directory ahead: the cut falls inside one read
+        cut = file_position(img, ino, kept * block)
+        assert cut == file_position(img, ino, 0) + kept * block and ino.iloc + ino.isize <= cut
+        before_cut = [entry.name for entry in img.dirs.entries(ino) if entry.offset < kept * block]
+    os.truncate(path, cut + block // 2)
+    with ErofsImage(path) as img:
+        tree = ImageTree(img)
+        node = tree.node(ino.nid)
+        listed = []
+
+        def list_all():
+            for name, *_ in tree.listing(node, 0):
+                listed.append(name)
+
+        error = expect_library_error(CorruptImage, ["past the end"], list_all)
+    assert error.nid == ino.nid
+    assert listed == before_cut
 
 
 @pytest.mark.parametrize("name", ["chunk-64k-indexes", "blobdev"])
