@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from .errors import CorruptImage
+from .errors import CorruptImage, ErofsError
 
-# Metadata is fetched 16 KiB at a time: a walk that stats every file (ls -l, a container start through
-# overlayfs) finds its neighbours' inodes already read, while one that reads a single inode per directory
-# (find) does not pay for 64 KiB each time (measured: both within a few percent of their best).
-CHUNK_BITS = 14
+CHUNK_BITS = 12  # metadata is cached a page at a time
+# A miss on the page right after the previous miss reads this many pages at once: a walk that stats every
+# file (ls -l, a container start through overlayfs) reads inodes in order and gets its neighbours along,
+# while one that reads a single inode per directory (find) pays for one page each, as the kernel does.
+READ_AHEAD_CHUNKS = 16
 
 
 class MetaSpace:
@@ -30,12 +31,31 @@ class MetaSpace:
         self._fetch = fetch
         # functools' LRU is implemented in C: metadata is read on every lookup and readdir
         self.chunk = functools.lru_cache(maxsize=max(cache_bytes >> self.chunk_bits, 8))(self._load_chunk)
+        self._ahead: dict[int, bytes] = {}  # chunks read ahead, handed to the cache on their first use
+        self._last_miss = -2
 
     def _load_chunk(self, index: int) -> bytes:
+        data = self._ahead.pop(index, None)
+        sequential = index == self._last_miss + 1
+        self._last_miss = index
+        if data is not None:
+            return data
         start = index << self.chunk_bits
         if start >= self.size or start < 0:
             raise CorruptImage(f"metadata at {start} is past the end of the {self.name} ({self.size} bytes)")
-        return self._fetch(start, min(1 << self.chunk_bits, self.size - start))
+        size = 1 << self.chunk_bits
+        if sequential:
+            try:
+                data = self._fetch(start, min(READ_AHEAD_CHUNKS * size, self.size - start))
+            except ErofsError:
+                pass  # something further on is unreadable: fetch just the chunk asked for
+            else:
+                if len(self._ahead) > 4 * READ_AHEAD_CHUNKS:
+                    self._ahead.clear()  # read ahead and never used: the walk went elsewhere
+                for i in range(1, (len(data) + size - 1) // size):
+                    self._ahead[index + i] = data[i * size : (i + 1) * size]
+                return data[:size]
+        return self._fetch(start, min(size, self.size - start))
 
     def read(self, pos: int, length: int) -> bytes:
         """Exactly ``length`` bytes at ``pos``, across chunk boundaries if needed."""
