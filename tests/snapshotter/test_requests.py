@@ -8,9 +8,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from erofsfuse.mountinfo import mount_table
 from snapshotter.proto_gen.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from tests.snapshotter.conftest import Env
+from tests.snapshotter.mounting import mounts_below
 from tests.snapshotter.test_testsuite import code_of, mounted
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -24,7 +24,7 @@ def state(env: Env) -> tuple:
     files = sorted(str(p.relative_to(env.root.parent)) for p in env.root.parent.rglob("*")
                    if "work" not in p.relative_to(env.root.parent).parts[:1] and not p.name.endswith(".log")
                    and not p.name.startswith("metadata.db"))
-    mounts = sorted(str(m.target) for m in mount_table() if env.root == m.target or env.root in m.target.parents)
+    mounts = sorted(str(m.target) for m in mounts_below(env.root))
     records = sorted((i.name, i.parent, i.kind, tuple(sorted(i.labels.items())), i.updated_at.ToNanoseconds())
                      for i in env.client.walk())
     return files, mounts, records
