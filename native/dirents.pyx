@@ -9,7 +9,7 @@ name ``i`` runs to nameoff ``i+1``, the last one to a NUL or the block's end.
 from libc.stdint cimport uint8_t, uint16_t, uint64_t
 from libc.string cimport memcmp, memchr
 
-from erofsfuse.errors import CorruptImage
+from erofsfuse.erofs.errors import CorruptImage
 
 DEF DIRENT_SIZE = 12
 DEF NAME_LEN = 255

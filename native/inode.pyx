@@ -7,7 +7,7 @@ path: the raw bytes are read straight out of the cached metadata block.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
-from erofsfuse.errors import CorruptImage, UnsupportedFeature
+from erofsfuse.erofs.errors import CorruptImage, UnsupportedFeature
 
 DEF COMPACT_SIZE = 32
 DEF EXTENDED_SIZE = 64

@@ -8,7 +8,7 @@ this module binds liblz4 directly.
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
-from erofsfuse.errors import CorruptImage
+from erofsfuse.erofs.errors import CorruptImage
 
 
 cdef extern from "lz4.h" nogil:

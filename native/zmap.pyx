@@ -10,7 +10,7 @@ cached inodes pin no metadata. Every loop is bounded by the largest extent EROFS
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
-from erofsfuse.errors import CorruptImage, UnsupportedFeature
+from erofsfuse.erofs.errors import CorruptImage, UnsupportedFeature
 
 # map flags returned by ZMap.map()
 MAPPED = 1

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from erofsfuse.image import ErofsImage
+from erofsfuse.erofs.image import ErofsImage
 
 from .errors import ConversionError
 from .faults import fault_point

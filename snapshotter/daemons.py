@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from erofsfuse.failover import KEEPER_NAME, WORKER_NAME
+from erofsfuse.fuse.failover import KEEPER_NAME, WORKER_NAME
 
 from .errors import MountError
 from .layout import Layout, make_dir, write_file

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from erofsfuse.mountinfo import MountInfo, mount_table
+from erofsfuse.host.mountinfo import MountInfo, mount_table
 
 from .errors import MountError
 from .planner import HostCapabilities

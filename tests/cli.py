@@ -17,7 +17,7 @@ TOOL_TIMEOUT = 120
 
 def run_tool(*args: str | os.PathLike, timeout: float = TOOL_TIMEOUT) -> subprocess.CompletedProcess:
     """``erofstool ARGS`` in a child process, stdout as bytes and stderr as text."""
-    proc = subprocess.run([sys.executable, "-m", "erofsfuse.tool", *map(os.fsdecode, args)],
+    proc = subprocess.run([sys.executable, "-m", "erofsfuse.cli.tool", *map(os.fsdecode, args)],
                           capture_output=True, timeout=timeout)
     proc.stderr = proc.stderr.decode("utf-8", "replace")
     return proc

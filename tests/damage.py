@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from erofsfuse import _zmap
-from erofsfuse.image import ErofsImage
-from erofsfuse.inode import Inode
+from erofsfuse.erofs import _zmap
+from erofsfuse.erofs.image import ErofsImage
+from erofsfuse.erofs.inode import Inode
 
 Extent = tuple[int, int, int, int, int, int]  # la, llen, pa, plen, algorithm, flags, as the map gives them
 

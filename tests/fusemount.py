@@ -10,9 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from erofsfuse.mountinfo import mount_table
+from erofsfuse.host.mountinfo import mount_table
 
-ERofsFUSE = [sys.executable, "-m", "erofsfuse.mount"]
+ERofsFUSE = [sys.executable, "-m", "erofsfuse.cli.mount"]
 
 
 def erofsfuse_command(image: str, mountpoint: str, devices=(), options=(), args=()) -> list[str]:
@@ -39,7 +39,7 @@ def daemon_pids(mountpoint: str) -> list[int]:
                     args = f.read().split(b"\0")
             except OSError:
                 continue
-            if b"erofsfuse.mount" in b" ".join(args) and any(os.path.realpath(a) == needle for a in args if a):
+            if b"erofsfuse.cli.mount" in b" ".join(args) and any(os.path.realpath(a) == needle for a in args if a):
                 pids.append(int(entry))
     return pids
 

@@ -34,11 +34,11 @@ import time
 import traceback
 from pathlib import Path
 
-from erofsfuse import _zmap
-from erofsfuse import ondisk as d
-from erofsfuse.errors import ErofsError
-from erofsfuse.image import ErofsImage
-from erofsfuse.tree import ImageTree, Node
+from erofsfuse.erofs import _zmap
+from erofsfuse.erofs import ondisk as d
+from erofsfuse.erofs.errors import ErofsError
+from erofsfuse.erofs.image import ErofsImage
+from erofsfuse.fuse.tree import ImageTree, Node
 
 from . import corpus
 

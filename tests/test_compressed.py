@@ -15,11 +15,11 @@ import lz4.block
 import pytest
 import pyzstd
 
-from erofsfuse import _zmap
-from erofsfuse import data as data_module
-from erofsfuse import ondisk as d
-from erofsfuse.errors import CorruptImage
-from erofsfuse.image import ErofsImage
+from erofsfuse.erofs import _zmap
+from erofsfuse.erofs import data as data_module
+from erofsfuse.erofs import ondisk as d
+from erofsfuse.erofs.errors import CorruptImage
+from erofsfuse.erofs.image import ErofsImage
 
 from . import corpus
 from .damage import largest_pcluster, patch
@@ -158,7 +158,7 @@ def test_index_pointing_past_the_device_is_eio(tmp_path):
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import hashlib, sys
-    from erofsfuse.image import ErofsImage
+    from erofsfuse.erofs.image import ErofsImage
 
     def hwm():
         for line in open("/proc/self/status"):

@@ -16,14 +16,14 @@ import subprocess
 
 import pytest
 
-from erofsfuse import ondisk as d
-from erofsfuse.data import INLINE, MAPPED
-from erofsfuse.errors import CorruptImage, DeviceError, ErofsError, UnsupportedFeature
-from erofsfuse.fsck import check
-from erofsfuse.image import ErofsImage
-from erofsfuse.inode import Inode
-from erofsfuse.superblock import kernel_crc32c
-from erofsfuse.tree import ImageTree
+from erofsfuse.cli.fsck import check
+from erofsfuse.erofs import ondisk as d
+from erofsfuse.erofs.data import INLINE, MAPPED
+from erofsfuse.erofs.errors import CorruptImage, DeviceError, ErofsError, UnsupportedFeature
+from erofsfuse.erofs.image import ErofsImage
+from erofsfuse.erofs.inode import Inode
+from erofsfuse.erofs.superblock import kernel_crc32c
+from erofsfuse.fuse.tree import ImageTree
 
 from . import corpus
 from .cli import assert_one_error_line, deadline, device_args, run_tool

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from erofsfuse import ondisk as d
-from erofsfuse.image import ErofsImage
+from erofsfuse.erofs import ondisk as d
+from erofsfuse.erofs.image import ErofsImage
 
 from . import corpus
 from .damage import largest_pcluster, patch

@@ -11,10 +11,10 @@ import types
 import pyfuse3
 import pytest
 
-from erofsfuse.errors import CorruptImage
-from erofsfuse.fuseops import ErofsOperations
-from erofsfuse.image import ErofsImage
-from erofsfuse.tree import ROOT_INO, ImageTree
+from erofsfuse.erofs.errors import CorruptImage
+from erofsfuse.erofs.image import ErofsImage
+from erofsfuse.fuse.operations import ErofsOperations
+from erofsfuse.fuse.tree import ROOT_INO, ImageTree
 
 from . import corpus
 
@@ -101,7 +101,7 @@ async def test_forgotten_nodes_are_rebuilt_from_their_inode_numbers(ops):
 @pytest.mark.trio
 async def test_stack_inode_numbers_are_rebuilt_as_merged_nodes(tmp_path):
     """A merged directory's inode number, given to a fresh daemon, names the same merged directory."""
-    from erofsfuse.stack import StackTree
+    from erofsfuse.fuse.stack import StackTree
 
     names = ["layer1", "layer2", "layer3"]
     tree = StackTree([ErofsImage(corpus.image_path(n)) for n in names])

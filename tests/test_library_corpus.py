@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from erofsfuse.image import ErofsImage
+from erofsfuse.erofs.image import ErofsImage
 
 from . import corpus
 from .trees import describe_image, diff_trees

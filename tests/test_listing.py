@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from erofsfuse import direntplus
-from erofsfuse.listing import ListingAdvisor, thread_group
+from erofsfuse.fuse import direntplus
+from erofsfuse.fuse.listing import ListingAdvisor, thread_group
 
 from . import corpus
 from .fusemount import fuse_mount, traced_mount

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from erofsfuse.errors import CorruptImage
-from erofsfuse.metaspace import READ_AHEAD_CHUNKS, MetaSpace
+from erofsfuse.erofs.errors import CorruptImage
+from erofsfuse.erofs.metaspace import READ_AHEAD_CHUNKS, MetaSpace
 
 PAGE = 4096
 

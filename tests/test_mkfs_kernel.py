@@ -19,9 +19,9 @@ import unicodedata
 
 import pytest
 
-from erofsfuse import ondisk as d
-from erofsfuse.fsck import check
-from erofsfuse.image import ErofsImage
+from erofsfuse.cli.fsck import check
+from erofsfuse.erofs import ondisk as d
+from erofsfuse.erofs.image import ErofsImage
 
 from .cli import scratch  # noqa: F401  (a fixture)
 from .kernel import erofs_mount

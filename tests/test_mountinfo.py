@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from erofsfuse.mountinfo import mount_table
+from erofsfuse.host.mountinfo import mount_table
 
 from .kernel import MS_RDONLY, mount, umount
 

@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 
-from erofsfuse.image import ErofsImage
-from erofsfuse.sample import sample_image
+from erofsfuse.cli.sample import sample_image
+from erofsfuse.erofs.image import ErofsImage
 
 
 def test_sample_command_shows_the_image():
-    proc = subprocess.run([sys.executable, "-m", "erofsfuse.sample"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "erofsfuse.cli.sample"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     with ErofsImage(sample_image()) as img:
         for path, _ in img.walk():

@@ -16,9 +16,9 @@ import sys
 
 import pytest
 
-from erofsfuse import ondisk as d
-from erofsfuse import tool as tool_module
-from erofsfuse.progress import Progress
+from erofsfuse.cli import tool as tool_module
+from erofsfuse.cli.progress import Progress
+from erofsfuse.erofs import ondisk as d
 
 from . import corpus
 from .cli import assert_one_error_line, device_args, run_tool, scratch  # noqa: F401  (scratch is a fixture)
@@ -341,7 +341,7 @@ def test_progress_draws_only_on_a_terminal():
     assert "\r\x1b[Ka problem\n" in text and text.endswith("\r\x1b[K")
 
 
-@pytest.mark.parametrize("module", ["erofsfuse.tool", "erofsfuse.mount", "snapshotter.main"])
+@pytest.mark.parametrize("module", ["erofsfuse.cli.tool", "erofsfuse.cli.mount", "snapshotter.main"])
 def test_version_is_the_installed_distributions(module):
     proc = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0

@@ -12,7 +12,7 @@ import hashlib
 import os
 import stat
 
-from erofsfuse.image import ErofsImage
+from erofsfuse.erofs.image import ErofsImage
 
 ALL_KEYS = ("type", "mode", "uid", "gid", "size", "nlink", "ino", "blocks", "rdev", "mtime_ns", "target", "xattrs",
             "sha256", "entries")

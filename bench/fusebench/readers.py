@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from erofsfuse.mountinfo import mount_table
+from erofsfuse.host.mountinfo import mount_table
 
 from .images import Image
 
@@ -96,8 +96,8 @@ def available_readers() -> tuple[dict[str, Reader], dict[str, str]]:
     """Every reader this machine has, and why each missing one is missing."""
     readers = {
         KERNEL: Reader(KERNEL, "erofs", "kernel EROFS, file-backed mount(2)"),
-        EROFSFUSE: Reader(EROFSFUSE, "erofs", f"this project: {Path(sys.executable).name} -m erofsfuse.mount",
-                          (sys.executable, "-m", "erofsfuse.mount")),
+        EROFSFUSE: Reader(EROFSFUSE, "erofs", f"this project: {Path(sys.executable).name} -m erofsfuse.cli.mount",
+                          (sys.executable, "-m", "erofsfuse.cli.mount")),
     }
     missing = {}
     utils = find_erofs_utils_fuse()

@@ -19,7 +19,7 @@ MODES = ("kernel", "fuse")
 
 def erofsfuse_missing() -> str | None:
     """Why fuse mode cannot run here, or None."""
-    if importlib.util.find_spec("erofsfuse.mount") is None:
+    if importlib.util.find_spec("erofsfuse.cli.mount") is None:
         return "the erofsfuse FUSE daemon (erofsfuse/mount.py) does not exist yet"
     if not shutil.which("fusermount3") or not os.path.exists("/dev/fuse"):
         return "FUSE is not available on this host"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from erofsfuse.image import ErofsImage
+from erofsfuse.erofs.image import ErofsImage
 from snapshotter.proto_gen.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from tests.snapshotter.conftest import Env
 from tests.snapshotter.mounting import mounts_below

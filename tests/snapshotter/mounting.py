@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from erofsfuse.mountinfo import MountInfo, mount_table
+from erofsfuse.host.mountinfo import MountInfo, mount_table
 from tests.kernel import MNT_DETACH, MS_RDONLY, _libc, mount, umount
 
 MS_REMOUNT = 0x20

@@ -1,6 +1,6 @@
 """Mount the bundled sample image with erofsfuse, show what is inside, unmount.
 
-``python -m erofsfuse.sample [IMAGE]``: a first look at the main job, run by
+``python -m erofsfuse.cli.sample [IMAGE]``: a first look at the main job, run by
 the README's first set-up command. Works as root or as a user that may use
 FUSE.
 """
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     image = args[0] if args else sample_image()
     with tempfile.TemporaryDirectory(prefix="erofsfuse-sample-") as mnt:
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "erofsfuse.mount", image, mnt], check=True)
+        subprocess.run([sys.executable, "-m", "erofsfuse.cli.mount", image, mnt], check=True)
         try:
             print(f"$ erofsfuse {image} {mnt}    # mounted in {time.monotonic() - started:.2f} s")
             with open("/proc/self/mounts") as mounts:

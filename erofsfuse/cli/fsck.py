@@ -18,13 +18,13 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import ondisk as d
-from .dirs import DirEntry
-from .errors import ErofsError
-from .image import ErofsImage
-from .inode import Inode
+from ..erofs import ondisk as d
+from ..erofs.dirs import DirEntry
+from ..erofs.errors import ErofsError
+from ..erofs.image import ErofsImage
+from ..erofs.inode import Inode
+from ..erofs.stream import chunks
 from .progress import Progress
-from .stream import chunks
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ import os
 import stat
 from collections.abc import Iterator
 
-from .cache import SizedLRU
-from .errors import CorruptImage, ErofsError, NoSuchAttribute
-from .image import ErofsImage
-from .inode import Inode
+from ..erofs.cache import SizedLRU
+from ..erofs.errors import CorruptImage, ErofsError, NoSuchAttribute
+from ..erofs.image import ErofsImage
+from ..erofs.inode import Inode
 from .tree import LAYER_SHIFT, METABOX_BIT, ROOT_INO, FsStats, Node, Tree, image_stats
 
 PRIVATE_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")

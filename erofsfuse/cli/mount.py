@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from . import __version__
-from . import ondisk as d
-from .errors import ErofsError
-from .failover import (
+from .. import __version__
+from ..erofs import ondisk as d
+from ..erofs.errors import ErofsError
+from ..fuse.failover import (
     READY,
     WORKER_NAME,
     ConnectionProxy,
@@ -41,9 +41,9 @@ from .failover import (
     protect_from_oom,
     ready_message,
 )
-from .fuseops import ErofsOperations
-from .mountinfo import mount_table
-from .tree import Tree, open_tree
+from ..fuse.operations import ErofsOperations
+from ..fuse.tree import Tree, open_tree
+from ..host.mountinfo import mount_table
 
 log = logging.getLogger("erofsfuse")
 

@@ -18,9 +18,9 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from ..erofs.errors import ErofsError
 from .busypoll import BusyPoll
 from .direntplus import names_only
-from .errors import ErofsError
 from .listing import ListingAdvisor
 from .tree import ROOT_INO, Node, Tree
 

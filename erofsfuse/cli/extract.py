@@ -16,11 +16,11 @@ import os
 import stat
 from collections.abc import Iterator
 
-from .errors import CorruptImage, ErofsError
-from .image import ErofsImage
-from .inode import Inode
+from ..erofs.errors import CorruptImage, ErofsError
+from ..erofs.image import ErofsImage
+from ..erofs.inode import Inode
+from ..erofs.stream import chunks
 from .progress import Progress
-from .stream import chunks
 
 HOLE_GRAIN = 4096  # the usual page and block size of the destination
 

@@ -17,15 +17,15 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 
-from . import __version__
-from . import ondisk as d
-from .errors import ErofsError
+from .. import __version__
+from ..erofs import ondisk as d
+from ..erofs.errors import ErofsError
+from ..erofs.image import ErofsImage
+from ..erofs.inode import Inode
+from ..erofs.stream import chunks
 from .extract import extract
 from .fsck import Problem, check
-from .image import ErofsImage
-from .inode import Inode
 from .progress import Progress
-from .stream import chunks
 
 EXIT_OK, EXIT_FAILED = 0, 1  # argparse itself exits with 2 on a usage error
 _EPOCH = datetime.datetime(1970, 1, 1)

@@ -12,10 +12,10 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from . import ondisk as d
-from .errors import CorruptImage
-from .image import ErofsImage, StatResult
-from .inode import Inode
+from ..erofs import ondisk as d
+from ..erofs.errors import CorruptImage
+from ..erofs.image import ErofsImage, StatResult
+from ..erofs.inode import Inode
 
 ROOT_INO = 1
 LAYER_SHIFT = 52  # stacks put the layer index above the nid in inode numbers

@@ -1,0 +1,1 @@
+"""The commands: ``erofsfuse`` (mount), ``erofstool`` (inspect, extract, check) and the sample."""

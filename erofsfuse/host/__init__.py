@@ -1,0 +1,1 @@
+"""What the host kernel offers: its mount table and mount calls, shared with the snapshotter."""
