@@ -186,7 +186,12 @@ ALGORITHM_NAMES = {
     COMPRESSION_SHIFTED: "plain",
     COMPRESSION_INTERLACED: "plain-interlaced",
 }
+# what the kernel accepts in the compression configuration records
+LZMA_MIN_DICT_SIZE = 4096
 LZMA_MAX_DICT_SIZE = 8 * PCLUSTER_MAX_SIZE
+DEFLATE_MAX_WINDOWBITS = 15  # the kernel always inflates with this window, whatever the record says
+ZSTD_WINDOWLOG_BASE = 10  # the record stores the window log less this
+ZSTD_MAX_WINDOWLOG = (PCLUSTER_MAX_SIZE.bit_length() - 1) - ZSTD_WINDOWLOG_BASE
 
 LZ4_CFGS = struct.Struct("<H H 10x")  # max_distance max_pclusterblks
 LZMA_CFGS = struct.Struct("<I H 8x")  # dict_size format
