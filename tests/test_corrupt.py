@@ -22,12 +22,11 @@ from erofsfuse.erofs.data import INLINE, MAPPED
 from erofsfuse.erofs.errors import CorruptImage, DeviceError, ErofsError, UnsupportedFeature
 from erofsfuse.erofs.image import ErofsImage
 from erofsfuse.erofs.inode import Inode
-from erofsfuse.erofs.superblock import kernel_crc32c
 from erofsfuse.fuse.tree import ImageTree
 
 from . import corpus
 from .cli import assert_one_error_line, deadline, device_args, run_tool
-from .damage import largest_pcluster, patch
+from .damage import copy_image, largest_pcluster, patch, read_at, reseal_superblock, superblock_field, superblock_offset
 from .fusemount import fuse_mount
 from .kernel import erofs_mount
 from .rawlist import in_new_process
@@ -37,45 +36,6 @@ TOOL_SECONDS = 60
 
 
 # -- locating and changing bytes ------------------------------------------------------------
-def copy_image(name: str, tmp_path) -> str:
-    path = str(tmp_path / f"{name}.erofs")
-    shutil.copyfile(corpus.image_path(name), path)
-    return path
-
-
-def read_at(path: str, offset: int, length: int) -> bytes:
-    with open(path, "rb") as f:
-        return os.pread(f.fileno(), length, offset)
-
-
-def superblock_offset(field: str) -> int:
-    """Byte offset of a superblock field in the file, from the library's own structure definition."""
-    offset = d.SUPER_OFFSET
-    names = iter(d.SUPERBLOCK_FIELDS)
-    for code in d.SUPERBLOCK.format.lstrip("<").split():
-        if not code.endswith("x") and next(names) == field:
-            return offset
-        offset += struct.calcsize("<" + code)
-    raise KeyError(field)
-
-
-def superblock_field(path: str, field: str) -> int:
-    offset = superblock_offset(field)
-    code = d.SUPERBLOCK.format.lstrip("<").split()[d.SUPERBLOCK_FIELDS.index(field)]
-    return struct.unpack("<" + code, read_at(path, offset, struct.calcsize("<" + code)))[0]
-
-
-def reseal_superblock(path: str) -> None:
-    """Store a checksum that fits the changed block again, so that only the intended change is wrong."""
-    if not superblock_field(path, "feature_compat") & d.COMPAT_SB_CHKSUM:
-        return
-    block = 1 << superblock_field(path, "blkszbits")
-    start = d.SUPER_OFFSET
-    area = bytearray(read_at(path, start, block - start if block > start else block))
-    area[d.SUPERBLOCK_CHECKSUM_OFFSET : d.SUPERBLOCK_CHECKSUM_OFFSET + 4] = bytes(4)
-    patch(path, superblock_offset("checksum"), struct.pack("<I", kernel_crc32c(bytes(area))))
-
-
 def file_position(img: ErofsImage, ino: Inode, la: int) -> int:
     """Where byte ``la`` of an uncompressed inode lies in the primary file."""
     ext = img.reader.map_plain(ino, la)
