@@ -102,7 +102,7 @@ def _compression_rows(img: ErofsImage) -> list[tuple[str, object]]:
     if "deflate" in algs:
         rows.append(("deflate window bits", cfg.deflate_windowbits))
     if "zstd" in algs:
-        rows.append(("zstd window log", cfg.zstd_windowlog + 10))  # stored as log2(window) - 10
+        rows.append(("zstd window log", cfg.zstd_windowlog + d.ZSTD_WINDOWLOG_BASE))
     return rows
 
 

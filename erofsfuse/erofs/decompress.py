@@ -36,8 +36,7 @@ def _lzma(src: bytes, outlen: int, cfg: CompressionConfig, partial: bool) -> byt
         raise CorruptImage(f"invalid MicroLZMA properties byte 0x{stream[0]:02x}")
     lc, rest = props % 9, props // 9
     lp, pb = rest % 5, rest // 5
-    dict_size = max(cfg.lzma_dict_size, 4096)
-    filt = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}
+    filt = {"id": lzma.FILTER_LZMA1, "dict_size": cfg.lzma_dict_size, "lc": lc, "lp": lp, "pb": pb}
     try:
         # liblzma refuses properties such as lc + lp > 4 when the decoder is made
         dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=[filt])
@@ -49,7 +48,8 @@ def _lzma(src: bytes, outlen: int, cfg: CompressionConfig, partial: bool) -> byt
 
 
 def _deflate(src: bytes, outlen: int, cfg: CompressionConfig, partial: bool) -> bytes:
-    dec = zlib.decompressobj(-cfg.deflate_windowbits)
+    # as the kernel: full window always; the config field only bounds what an image may ask for
+    dec = zlib.decompressobj(-d.DEFLATE_MAX_WINDOWBITS)
     try:
         out = dec.decompress(strip_padding(src), outlen)
         if not partial and len(out) == outlen and dec.decompress(dec.unconsumed_tail, 1):

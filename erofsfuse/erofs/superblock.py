@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid as uuidlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import crc32c
@@ -160,6 +161,24 @@ def _verify_checksum(head: bytes, block_size: int, expected: int) -> None:
         raise CorruptImage(f"superblock checksum mismatch: stored 0x{expected:08x}, computed 0x{actual:08x}")
 
 
+def compression_records(sb: Superblock, primary: BackingFile) -> Iterator[tuple[int, int, bytes]]:
+    """``(algorithm, offset, record)`` for each configuration record after the superblock, in on-disk order.
+
+    Each record is a 16-bit length and that many bytes, 4-byte aligned, one per
+    algorithm the superblock lists, lowest algorithm first.
+    """
+    pos = d.SUPER_OFFSET + sb.sb_size
+    for alg in range(d.COMPRESSION_MAX):
+        if not sb.available_algorithms & (1 << alg):
+            continue
+        pos = d.round_up(pos, 4)
+        (size,) = d.LE16.unpack(primary.pread(pos, 2))
+        if not size:
+            raise CorruptImage(f"empty {d.ALGORITHM_NAMES[alg]} configuration record")
+        yield alg, pos + 2, primary.pread(pos + 2, size)
+        pos += 2 + size
+
+
 def _parse_compression(sb: Superblock, u1: int, primary: BackingFile) -> None:
     cfg = sb.compression
     if not sb.incompat(d.INCOMPAT_COMPR_CFGS):
@@ -171,41 +190,40 @@ def _parse_compression(sb: Superblock, u1: int, primary: BackingFile) -> None:
     unknown = u1 & ~((1 << d.COMPRESSION_MAX) - 1)
     if unknown:
         raise UnsupportedFeature(f"unknown compression algorithms 0x{unknown:x}")
-    pos = d.SUPER_OFFSET + sb.sb_size
-    for alg in range(d.COMPRESSION_MAX):
-        if not u1 & (1 << alg):
-            continue
-        pos = d.round_up(pos, 4)
-        (size,) = d.LE16.unpack(primary.pread(pos, 2))
-        if not size:
-            raise CorruptImage(f"empty {d.ALGORITHM_NAMES[alg]} configuration record")
-        data = primary.pread(pos + 2, size)
-        pos += 2 + size
+    for alg, _offset, data in compression_records(sb, primary):
+        size = len(data)
         if alg == d.COMPRESSION_LZ4:
             if size < d.LZ4_CFGS.size:
                 raise CorruptImage(f"lz4 configuration record too short ({size} bytes)")
             cfg.lz4_max_distance, cfg.lz4_max_pclusterblks = d.LZ4_CFGS.unpack_from(data)
             cfg.lz4_max_pclusterblks = cfg.lz4_max_pclusterblks or 1
+            if cfg.lz4_max_pclusterblks > d.PCLUSTER_MAX_SIZE // sb.block_size:
+                raise UnsupportedFeature(f"lz4 pclusters of {cfg.lz4_max_pclusterblks} blocks are too large")
         elif alg == d.COMPRESSION_LZMA:
             if size < d.LZMA_CFGS.size:
                 raise CorruptImage(f"lzma configuration record too short ({size} bytes)")
             cfg.lzma_dict_size, fmt = d.LZMA_CFGS.unpack_from(data)
             if fmt:
                 raise UnsupportedFeature(f"unknown MicroLZMA format {fmt}")
-            if cfg.lzma_dict_size > d.LZMA_MAX_DICT_SIZE:
-                raise UnsupportedFeature(f"lzma dictionary of {cfg.lzma_dict_size} bytes is too large")
+            if not d.LZMA_MIN_DICT_SIZE <= cfg.lzma_dict_size <= d.LZMA_MAX_DICT_SIZE:
+                raise UnsupportedFeature(f"lzma dictionary of {cfg.lzma_dict_size} bytes is not supported")
         elif alg == d.COMPRESSION_DEFLATE:
             if size < d.DEFLATE_CFGS.size:
                 raise CorruptImage(f"deflate configuration record too short ({size} bytes)")
+            # The kernel refuses only windows it cannot hold and inflates every stream with the
+            # full window: mkfs.erofs' libdeflate backend writes 0 here.
             (cfg.deflate_windowbits,) = d.DEFLATE_CFGS.unpack_from(data)
-            if not 8 <= cfg.deflate_windowbits <= 15:
-                raise UnsupportedFeature(f"deflate window bits {cfg.deflate_windowbits} out of range")
+            if cfg.deflate_windowbits > d.DEFLATE_MAX_WINDOWBITS:
+                raise UnsupportedFeature(f"deflate window of 2^{cfg.deflate_windowbits} bytes is not supported")
         else:
             if size < d.ZSTD_CFGS.size:
                 raise CorruptImage(f"zstd configuration record too short ({size} bytes)")
             fmt, cfg.zstd_windowlog = d.ZSTD_CFGS.unpack_from(data)
             if fmt:
                 raise UnsupportedFeature(f"unknown zstd format {fmt}")
+            if cfg.zstd_windowlog > d.ZSTD_MAX_WINDOWLOG:
+                window_log = cfg.zstd_windowlog + d.ZSTD_WINDOWLOG_BASE
+                raise UnsupportedFeature(f"zstd window of 2^{window_log} bytes is not supported")
 
 
 def parse_device_table(sb: Superblock, primary: BackingFile) -> list[DeviceSlot]:
