@@ -1,49 +1,39 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Directory blocks: parsing, checking and binary search of sorted dirents.
 
-A directory block holds ``n`` 12-byte dirents (nid, nameoff, file_type)
-followed by their names, sorted by bytes. ``n`` is the first nameoff / 12;
+A directory block holds ``n`` dirents (nid, nameoff, file_type) followed by
+their names, sorted by bytes. ``n`` is the first nameoff / the dirent size;
 name ``i`` runs to nameoff ``i+1``, the last one to a NUL or the block's end.
 """
 
-from libc.stdint cimport uint8_t, uint16_t, uint64_t
+from libc.stdint cimport uint8_t
 from libc.string cimport memcmp, memchr
+
+cimport ondisk as d
+from littleendian cimport le16, le64
 
 from erofsfuse.erofs.errors import CorruptImage
 
-DEF DIRENT_SIZE = 12
-DEF NAME_LEN = 255
-
-
-cdef inline uint16_t le16(const uint8_t *p) noexcept:
-    return p[0] | (<uint16_t>p[1] << 8)
-
-
-cdef inline uint64_t le64(const uint8_t *p) noexcept:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(7, -1, -1):
-        v = (v << 8) | p[i]
-    return v
+ONDISK_DIGEST = d.ONDISK_DIGEST.decode()
 
 
 cdef Py_ssize_t dirent_count(const uint8_t *blk, Py_ssize_t maxsize) except -1:
-    if maxsize < DIRENT_SIZE:
+    if maxsize < d.DIRENT_SIZE:
         raise CorruptImage(f"directory block of {maxsize} bytes cannot hold a dirent")
-    cdef Py_ssize_t nameoff = le16(blk + 8)
-    if nameoff < DIRENT_SIZE or nameoff >= maxsize:
+    cdef Py_ssize_t nameoff = le16(blk + d.DIRENT_nameoff)
+    if nameoff < d.DIRENT_SIZE or nameoff >= maxsize:
         raise CorruptImage(f"invalid first name offset {nameoff} in a directory block of {maxsize} bytes")
-    return nameoff // DIRENT_SIZE
+    return nameoff // d.DIRENT_SIZE
 
 
 cdef int name_span(const uint8_t *blk, Py_ssize_t i, Py_ssize_t n, Py_ssize_t maxsize,
                    Py_ssize_t *start, Py_ssize_t *length) except -1:
-    cdef Py_ssize_t nameoff = le16(blk + i * DIRENT_SIZE + 8), end
+    cdef Py_ssize_t nameoff = le16(blk + i * d.DIRENT_SIZE + d.DIRENT_nameoff), end
     cdef const uint8_t *nul
-    if nameoff < n * DIRENT_SIZE or nameoff >= maxsize:
+    if nameoff < n * d.DIRENT_SIZE or nameoff >= maxsize:
         raise CorruptImage(f"dirent {i}: name offset {nameoff} outside the name area")
     if i + 1 < n:
-        end = le16(blk + (i + 1) * DIRENT_SIZE + 8)
+        end = le16(blk + (i + 1) * d.DIRENT_SIZE + d.DIRENT_nameoff)
         if end < nameoff:
             raise CorruptImage(f"dirent {i}: name offsets out of order ({nameoff} then {end})")
         if end > maxsize:
@@ -53,7 +43,7 @@ cdef int name_span(const uint8_t *blk, Py_ssize_t i, Py_ssize_t n, Py_ssize_t ma
         end = maxsize if nul == NULL else nul - blk
     length[0] = end - nameoff
     start[0] = nameoff
-    if length[0] == 0 or length[0] > NAME_LEN:
+    if length[0] == 0 or length[0] > d.NAME_LEN:
         raise CorruptImage(f"dirent {i}: invalid name length {length[0]}")
     return 0
 
@@ -88,8 +78,8 @@ def entries(const uint8_t[::1] block, Py_ssize_t maxsize, bint check=False, Py_s
                 raise CorruptImage(f"dirent {i}: name contains '/' or NUL")
             if i and namecmp(blk + pstart, plen, blk + start, length) >= 0:
                 raise CorruptImage(f"dirent {i}: names are not in sorted order")
-        out.append(tuple.__new__(record, (bytes(blk[start:start + length]), le64(blk + i * DIRENT_SIZE),
-                                          blk[i * DIRENT_SIZE + 10], base + i * DIRENT_SIZE)))
+        out.append(tuple.__new__(record, (bytes(blk[start:start + length]), le64(blk + i * d.DIRENT_SIZE + d.DIRENT_nid),
+                                          blk[i * d.DIRENT_SIZE + d.DIRENT_file_type], base + i * d.DIRENT_SIZE)))
         pstart = start
         plen = length
     return out
@@ -120,7 +110,7 @@ def find(const uint8_t[::1] block, Py_ssize_t maxsize, const uint8_t[::1] name):
         name_span(blk, mid, n, maxsize, &start, &length)
         c = namecmp(&name[0], name.shape[0], blk + start, length)
         if c == 0:
-            return (le64(blk + mid * DIRENT_SIZE), blk[mid * DIRENT_SIZE + 10])
+            return (le64(blk + mid * d.DIRENT_SIZE + d.DIRENT_nid), blk[mid * d.DIRENT_SIZE + d.DIRENT_file_type])
         if c < 0:
             hi = mid - 1
         else:

@@ -5,46 +5,18 @@ Every lookup and every readdirplus entry decodes an inode, so this is a hot
 path: the raw bytes are read straight out of the cached metadata block.
 """
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from posix.stat cimport S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK
+
+cimport ondisk as d
+from littleendian cimport le16, le32, le64
 
 from erofsfuse.erofs.errors import CorruptImage, UnsupportedFeature
 
-DEF COMPACT_SIZE = 32
-DEF EXTENDED_SIZE = 64
-DEF I_VERSION_MASK = 0x01
-DEF I_DATALAYOUT_BIT = 1
-DEF I_DATALAYOUT_MASK = 0x07
-DEF I_NLINK_1_BIT = 4
-DEF I_DOT_OMITTED_BIT = 4
-DEF I_ALL = 0x1F
-DEF LAYOUT_FLAT_PLAIN = 0
-DEF LAYOUT_COMPRESSED_FULL = 1
-DEF LAYOUT_COMPRESSED_COMPACT = 3
-DEF LAYOUT_CHUNK_BASED = 4
-DEF CHUNK_FORMAT_ALL = 0x7F
-DEF S_IFMT = 0o170000
-DEF S_IFSOCK = 0o140000
-DEF S_IFLNK = 0o120000
-DEF S_IFREG = 0o100000
-DEF S_IFBLK = 0o060000
-DEF S_IFDIR = 0o040000
-DEF S_IFCHR = 0o020000
-DEF S_IFIFO = 0o010000
-DEF NSEC = 1000000000
+ONDISK_DIGEST = d.ONDISK_DIGEST.decode()
 
-NULL_ADDR = 0xFFFFFFFFFFFFFFFF
-
-
-cdef inline uint16_t le16(const uint8_t *p) noexcept:
-    return p[0] | (<uint16_t>p[1] << 8)
-
-
-cdef inline uint32_t le32(const uint8_t *p) noexcept:
-    return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
-
-
-cdef inline uint64_t le64(const uint8_t *p) noexcept:
-    return le32(p) | (<uint64_t>le32(p + 4) << 32)
+cdef enum:
+    NSEC_PER_SEC = 1000000000
 
 
 cdef class Inode:
@@ -74,7 +46,7 @@ cdef class Inode:
 
     @property
     def compressed(self):
-        return self.layout == LAYOUT_COMPRESSED_FULL or self.layout == LAYOUT_COMPRESSED_COMPACT
+        return self.layout == d.LAYOUT_COMPRESSED_FULL or self.layout == d.LAYOUT_COMPRESSED_COMPACT
 
     @property
     def has_data(self):
@@ -84,7 +56,7 @@ cdef class Inode:
 
     @property
     def mtime_ns(self):
-        return (<object>self.mtime) * NSEC + self.mtime_nsec  # Python integers: 64-bit nanoseconds overflow
+        return (<object>self.mtime) * NSEC_PER_SEC + self.mtime_nsec  # Python integers: 64-bit nanoseconds overflow
 
     @property
     def data_start(self):
@@ -107,19 +79,20 @@ def decode_inode(nid, space, uint64_t iloc, int64_t epoch, uint32_t fixed_nsec):
     cdef uint64_t off = iloc & ((<uint64_t>1 << chunk_bits) - 1)
     cdef bytes raw = space.chunk(iloc >> chunk_bits)
     cdef const uint8_t *p
-    if off + EXTENDED_SIZE > <uint64_t>len(raw):
-        raw = space.read(iloc, COMPACT_SIZE)
+    if off + d.INODE_EXTENDED_SIZE > <uint64_t>len(raw):
+        raw = space.read(iloc, d.INODE_COMPACT_SIZE)
         off = 0
         p = raw
-        if le16(p) & I_VERSION_MASK:
-            raw = space.read(iloc, EXTENDED_SIZE)
+        if le16(p + d.INODE_COMPACT_i_format) & d.I_VERSION_MASK:
+            raw = space.read(iloc, d.INODE_EXTENDED_SIZE)
     p = <const uint8_t *>raw + off
 
-    cdef unsigned int ifmt = le16(p)
-    if ifmt & ~I_ALL:
+    # the fields both versions hold at the same place (ondisk.py checks that they do)
+    cdef unsigned int ifmt = le16(p + d.INODE_COMPACT_i_format)
+    if ifmt & ~d.I_ALL:
         raise UnsupportedFeature(f"unsupported i_format 0x{ifmt:x} of nid {nid}")
-    cdef unsigned int layout = (ifmt >> I_DATALAYOUT_BIT) & I_DATALAYOUT_MASK
-    if layout > LAYOUT_CHUNK_BASED:
+    cdef unsigned int layout = (ifmt >> d.I_DATALAYOUT_BIT) & d.I_DATALAYOUT_MASK
+    if layout > d.LAYOUT_CHUNK_BASED:
         raise UnsupportedFeature(f"unsupported data layout {layout} of nid {nid}")
 
     cdef Inode ino = Inode.__new__(Inode)
@@ -127,35 +100,36 @@ def decode_inode(nid, space, uint64_t iloc, int64_t epoch, uint32_t fixed_nsec):
     ino.space = space
     ino.iloc = iloc
     ino.layout = layout
-    ino.mode = le16(p + 4)
-    cdef unsigned int icount = le16(p + 2)
-    cdef unsigned int i_nb = le16(p + 6)
+    ino.mode = le16(p + d.INODE_COMPACT_i_mode)
+    cdef unsigned int icount = le16(p + d.INODE_COMPACT_i_xattr_icount)
+    cdef unsigned int i_nb
     cdef uint32_t i_u
     cdef uint64_t startblk_hi
     cdef int addr_bits = 48
-    if ifmt & I_VERSION_MASK:
-        ino.isize = EXTENDED_SIZE
+    if ifmt & d.I_VERSION_MASK:
+        ino.isize = d.INODE_EXTENDED_SIZE
         ino.compact = False
-        ino.size = le64(p + 8)
-        i_u = le32(p + 16)
-        ino.ino32 = le32(p + 20)
-        ino.uid = le32(p + 24)
-        ino.gid = le32(p + 28)
-        ino.mtime = <int64_t>le64(p + 32)
-        ino.mtime_nsec = le32(p + 40)
-        ino.nlink = le32(p + 44)
-        startblk_hi = i_nb
+        ino.size = le64(p + d.INODE_EXTENDED_i_size)
+        i_u = le32(p + d.INODE_EXTENDED_i_u)
+        ino.ino32 = le32(p + d.INODE_EXTENDED_i_ino)
+        ino.uid = le32(p + d.INODE_EXTENDED_i_uid)
+        ino.gid = le32(p + d.INODE_EXTENDED_i_gid)
+        ino.mtime = <int64_t>le64(p + d.INODE_EXTENDED_i_mtime)
+        ino.mtime_nsec = le32(p + d.INODE_EXTENDED_i_mtime_nsec)
+        ino.nlink = le32(p + d.INODE_EXTENDED_i_nlink)
+        startblk_hi = le16(p + d.INODE_EXTENDED_i_nb)
     else:
-        ino.isize = COMPACT_SIZE
+        ino.isize = d.INODE_COMPACT_SIZE
         ino.compact = True
-        ino.size = le32(p + 8)
-        ino.mtime = epoch + le32(p + 12)
+        ino.size = le32(p + d.INODE_COMPACT_i_size)
+        ino.mtime = epoch + le32(p + d.INODE_COMPACT_i_mtime)
         ino.mtime_nsec = fixed_nsec
-        i_u = le32(p + 16)
-        ino.ino32 = le32(p + 20)
-        ino.uid = le16(p + 24)
-        ino.gid = le16(p + 26)
-        if ino.mode & S_IFMT != S_IFDIR and (ifmt >> I_NLINK_1_BIT) & 1:
+        i_u = le32(p + d.INODE_COMPACT_i_u)
+        ino.ino32 = le32(p + d.INODE_COMPACT_i_ino)
+        ino.uid = le16(p + d.INODE_COMPACT_i_uid)
+        ino.gid = le16(p + d.INODE_COMPACT_i_gid)
+        i_nb = le16(p + d.INODE_COMPACT_i_nb)
+        if ino.mode & S_IFMT != S_IFDIR and (ifmt >> d.I_NLINK_1_BIT) & 1:
             ino.nlink = 1
             startblk_hi = i_nb
         else:
@@ -164,10 +138,11 @@ def decode_inode(nid, space, uint64_t iloc, int64_t epoch, uint32_t fixed_nsec):
             addr_bits = 32
     if ino.size >> 63:
         raise CorruptImage(f"negative i_size {<int64_t>ino.size}", nid)
-    if ino.mtime_nsec >= NSEC:
+    if ino.mtime_nsec >= NSEC_PER_SEC:
         raise CorruptImage(f"invalid nanoseconds {ino.mtime_nsec}", nid)
-    ino.xattr_isize = 0 if icount == 0 else 12 + 4 * (icount - 1)
-    ino.startblk = NULL_ADDR
+    # the header, then one 32-bit shared xattr id per count beyond the first
+    ino.xattr_isize = 0 if icount == 0 else d.XATTR_IBODY_HEADER_SIZE + 4 * (icount - 1)
+    ino.startblk = d.NULL_ADDR
     ino.rdev = 0
     ino.chunkformat = 0
     ino.dot_omitted = False
@@ -176,11 +151,11 @@ def decode_inode(nid, space, uint64_t iloc, int64_t epoch, uint32_t fixed_nsec):
     cdef uint64_t startblk, mask
     if fmt == S_IFDIR or fmt == S_IFREG or fmt == S_IFLNK:
         if fmt == S_IFDIR:
-            ino.dot_omitted = (ifmt >> I_DOT_OMITTED_BIT) & 1
+            ino.dot_omitted = (ifmt >> d.I_DOT_OMITTED_BIT) & 1
         startblk = i_u | (startblk_hi << 32)
         mask = (<uint64_t>1 << addr_bits) - 1
-        if layout == LAYOUT_FLAT_PLAIN and (startblk & mask) == mask:
-            startblk = NULL_ADDR
+        if layout == d.LAYOUT_FLAT_PLAIN and (startblk & mask) == mask:
+            startblk = d.NULL_ADDR
         ino.startblk = startblk
     elif fmt == S_IFCHR or fmt == S_IFBLK:
         ino.rdev = i_u
@@ -188,9 +163,9 @@ def decode_inode(nid, space, uint64_t iloc, int64_t epoch, uint32_t fixed_nsec):
         raise CorruptImage(f"bogus i_mode {ino.mode:o}", nid)
     if ino.compressed and not (fmt == S_IFDIR or fmt == S_IFREG or fmt == S_IFLNK):
         raise CorruptImage("compressed layout on an inode without data", nid)
-    if layout == LAYOUT_CHUNK_BASED:
+    if layout == d.LAYOUT_CHUNK_BASED:
         ino.chunkformat = i_u & 0xFFFF
-        if ino.chunkformat & ~CHUNK_FORMAT_ALL:
+        if ino.chunkformat & ~d.CHUNK_FORMAT_ALL:
             raise UnsupportedFeature(f"unsupported chunk format 0x{ino.chunkformat:x} of nid {nid}")
     if ino.compressed:
         ino.blocks = (<uint64_t>i_u) << (bits - 9)

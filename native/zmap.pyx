@@ -8,49 +8,22 @@ cached inodes pin no metadata. Every loop is bounded by the largest extent EROFS
 (12 MiB decoded), so corrupt delta chains end in ``CorruptImage``, not a hang.
 """
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+
+cimport ondisk as d
+from littleendian cimport le16, le32, le64
 
 from erofsfuse.erofs.errors import CorruptImage, UnsupportedFeature
 
+ONDISK_DIGEST = d.ONDISK_DIGEST.decode()
+
 # map flags returned by ZMap.map()
-MAPPED = 1
-INLINE = 2        # pcluster stored in metadata right after the indexes (ztailpacking)
-FRAGMENT = 4      # data lives in the packed inode at fragmentoff
-PARTIAL_REF = 8   # the extent is a prefix of the pcluster's output (dedupe)
-FULL_MAPPED = 16  # llen is the whole decoded length of the pcluster
-
-DEF LAYOUT_COMPRESSED_FULL = 1
-DEF LAYOUT_COMPRESSED_COMPACT = 3
-DEF TYPE_PLAIN = 0
-DEF TYPE_HEAD1 = 1
-DEF TYPE_NONHEAD = 2
-DEF TYPE_HEAD2 = 3
-DEF LI_PARTIAL_REF = 0x8000
-DEF LI_D0_CBLKCNT = 0x800
-DEF ADVISE_COMPACTED_2B = 0x1
-DEF ADVISE_EXTENTS = 0x1
-DEF ADVISE_BIG_PCLUSTER_1 = 0x2
-DEF ADVISE_BIG_PCLUSTER_2 = 0x4
-DEF ADVISE_INLINE_PCLUSTER = 0x8
-DEF ADVISE_INTERLACED_PCLUSTER = 0x10
-DEF ADVISE_FRAGMENT_PCLUSTER = 0x20
-DEF COMPRESSION_MAX = 4
-DEF COMPRESSION_SHIFTED = 4
-DEF COMPRESSION_INTERLACED = 5
-DEF PCLUSTER_MAX_SIZE = 1048576
-DEF PCLUSTER_MAX_DSIZE = 12582912
-DEF EXTENT_PLEN_PARTIAL = 1 << 27
-DEF EXTENT_PLEN_FMT_BIT = 28
-DEF EXTENT_PLEN_MASK = (PCLUSTER_MAX_SIZE << 1) - 1
-DEF NULL_ADDR = 0xFFFFFFFFFFFFFFFF
-
-
-cdef inline uint32_t le32(const uint8_t *p) noexcept:
-    return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
-
-
-cdef inline uint16_t le16(const uint8_t *p) noexcept:
-    return p[0] | (<uint16_t>p[1] << 8)
+cpdef enum:
+    MAPPED = 1
+    INLINE = 2        # pcluster stored in metadata right after the indexes (ztailpacking)
+    FRAGMENT = 4      # data lives in the packed inode at fragmentoff
+    PARTIAL_REF = 8   # the extent is a prefix of the pcluster's output (dedupe)
+    FULL_MAPPED = 16  # llen is the whole decoded length of the pcluster
 
 
 cdef class ZMap:
@@ -77,7 +50,7 @@ cdef class ZMap:
     def __init__(self, uint64_t nid, int layout, uint64_t size, uint64_t data_start,
                  unsigned int blkszbits, unsigned int algorithms, fetch, unsigned int chunk_bits):
         self.nid = nid
-        self.compact = layout == LAYOUT_COMPRESSED_COMPACT
+        self.compact = layout == d.LAYOUT_COMPRESSED_COMPACT
         self.size = size
         self.data_start = data_start
         self.blkszbits = blkszbits
@@ -106,82 +79,87 @@ cdef class ZMap:
 
     # -- map header ----------------------------------------------------------
     cdef int init(self) except -1:
-        cdef uint64_t pos = (self.data_start + 7) & ~(<uint64_t>7)
-        cdef const uint8_t *h = self.at(pos, 8)
-        cdef unsigned int clusterbits = h[7]
-        if clusterbits >> 7:
+        cdef uint64_t pos = self.map_header_pos()
+        cdef const uint8_t *h = self.at(pos, d.MAP_HEADER_SIZE)
+        cdef unsigned int clusterbits = h[d.MAP_HEADER_h_clusterbits]
+        if clusterbits >> d.FRAGMENT_INODE_BIT:
             self.all_fragment = True
-            self.advise = ADVISE_FRAGMENT_PCLUSTER
-            self.fragmentoff = (le32(h) | (<uint64_t>le32(h + 4) << 32)) ^ (<uint64_t>1 << 63)
+            self.advise = d.ADVISE_FRAGMENT_PCLUSTER
+            # the header as one 64-bit offset, less the bit that said so
+            self.fragmentoff = le64(h) ^ (<uint64_t>1 << (8 * d.MAP_HEADER_h_clusterbits + d.FRAGMENT_INODE_BIT))
             self.tail_headlcn = 0
             self.initialized = True
             return 0
-        self.advise = le16(h + 4)
-        self.lclusterbits = self.blkszbits + (clusterbits & 15)
+        self.advise = le16(h + d.MAP_HEADER_h_advise)
+        self.lclusterbits = self.blkszbits + (clusterbits & d.CLUSTERBITS_MASK)
         if self.lclusterbits > 30:
             raise CorruptImage(f"logical cluster bits {self.lclusterbits} are out of range", self.nid)
-        if not self.compact and (self.advise & ADVISE_EXTENTS):
+        if not self.compact and (self.advise & d.ADVISE_EXTENTS):
             self.extents_format = True
-            self.extent_count = le32(h) | (<uint64_t>le16(h + 6) << 32)
+            self.extent_count = le32(h + d.MAP_HEADER_h_extents_lo) | (<uint64_t>le16(h + d.MAP_HEADER_h_extents_hi) << 32)
             self.initialized = True
             return 0
-        self.alg_head1 = h[6] & 15
-        self.alg_head2 = h[6] >> 4
-        if self.advise & ADVISE_FRAGMENT_PCLUSTER:
-            self.fragmentoff = le32(h)
-        elif self.advise & ADVISE_INLINE_PCLUSTER:
-            self.inline_size = le16(h + 2)
-        if self.compact and ((not (self.advise & ADVISE_BIG_PCLUSTER_1)) != (not (self.advise & ADVISE_BIG_PCLUSTER_2))):
+        self.alg_head1 = h[d.MAP_HEADER_h_algorithmtype] & ((1 << d.ALGORITHM_HEAD2_SHIFT) - 1)
+        self.alg_head2 = h[d.MAP_HEADER_h_algorithmtype] >> d.ALGORITHM_HEAD2_SHIFT
+        if self.advise & d.ADVISE_FRAGMENT_PCLUSTER:
+            self.fragmentoff = le32(h + d.MAP_HEADER_h_fragmentoff)
+        elif self.advise & d.ADVISE_INLINE_PCLUSTER:
+            self.inline_size = le16(h + d.MAP_HEADER_h_idata_size)
+        if self.compact and ((not (self.advise & d.ADVISE_BIG_PCLUSTER_1)) != (not (self.advise & d.ADVISE_BIG_PCLUSTER_2))):
             raise CorruptImage("big pcluster head1/head2 flags of compact indexes disagree", self.nid)
         if self.compact:
-            self.ebase = pos + 8
+            self.ebase = pos + d.MAP_HEADER_SIZE
             self.totalidx = (self.size + (1 << self.blkszbits) - 1) >> self.blkszbits
             self.compacted_4b_initial = ((32 - self.ebase % 32) // 4) & 7
             self.compacted_2b = 0
-            if (self.advise & ADVISE_COMPACTED_2B) and self.compacted_4b_initial < self.totalidx:
+            if (self.advise & d.ADVISE_COMPACTED_2B) and self.compacted_4b_initial < self.totalidx:
                 self.compacted_2b = ((self.totalidx - self.compacted_4b_initial) // 16) * 16
         else:
-            self.ebase = pos + 16
+            self.ebase = pos + d.MAP_HEADER_SIZE + d.FULL_INDEX_GAP
         self.initialized = True
-        if self.inline_size or (self.advise & ADVISE_FRAGMENT_PCLUSTER):
+        if self.inline_size or (self.advise & d.ADVISE_FRAGMENT_PCLUSTER):
             self.find_tail()
         return 0
+
+    cdef inline uint64_t map_header_pos(self) noexcept:
+        """The map header follows the inode's xattrs, aligned to its size."""
+        return (self.data_start + d.MAP_HEADER_SIZE - 1) & ~(<uint64_t>d.MAP_HEADER_SIZE - 1)
 
     cdef int find_tail(self) except -1:
         """Locate the tail extent (kernel's EROFS_GET_BLOCKS_FINDTAIL)."""
         cdef uint64_t la, llen, pa, plen
         cdef unsigned int alg, flags
-        self.tail_headlcn = NULL_ADDR  # nothing is the tail yet
+        self.tail_headlcn = d.NULL_ADDR  # nothing is the tail yet
         self.map_lclusters(self.size - 1, True, &la, &llen, &pa, &plen, &alg, &flags)
         return 0
 
     # -- lcluster loading ------------------------------------------------------
     cdef int load_full(self, uint64_t lcn) except -1:
-        cdef uint64_t pos = self.ebase + lcn * 8
-        cdef const uint8_t *di = self.at(pos, 8)
-        cdef unsigned int advise = le16(di)
+        cdef uint64_t pos = self.ebase + lcn * d.LCLUSTER_INDEX_SIZE
+        cdef const uint8_t *di = self.at(pos, d.LCLUSTER_INDEX_SIZE)
+        cdef unsigned int advise = le16(di + d.LCLUSTER_INDEX_di_advise)
         self.m_lcn = lcn
-        self.m_nextpackoff = pos + 8
-        self.m_type = advise & 3
-        if self.m_type == TYPE_NONHEAD:
+        self.m_nextpackoff = pos + d.LCLUSTER_INDEX_SIZE
+        self.m_type = advise & d.LI_LCLUSTER_TYPE_MASK
+        if self.m_type == d.LCLUSTER_TYPE_NONHEAD:
             self.m_clusterofs = 1 << self.lclusterbits
-            self.m_delta0 = le16(di + 4)
-            if self.m_delta0 & LI_D0_CBLKCNT:
-                if not (self.advise & (ADVISE_BIG_PCLUSTER_1 | ADVISE_BIG_PCLUSTER_2)):
+            self.m_delta0 = le16(di + d.LCLUSTER_INDEX_di_delta0)
+            if self.m_delta0 & d.LI_D0_CBLKCNT:
+                if not (self.advise & (d.ADVISE_BIG_PCLUSTER_1 | d.ADVISE_BIG_PCLUSTER_2)):
                     self.corrupt("compressed block count without big pclusters", lcn)
-                self.m_compressedblks = self.m_delta0 & ~LI_D0_CBLKCNT
+                self.m_compressedblks = self.m_delta0 & ~d.LI_D0_CBLKCNT
                 self.m_delta0 = 1
-            self.m_delta1 = le16(di + 6)
+            self.m_delta1 = le16(di + d.LCLUSTER_INDEX_di_delta1)
         else:
-            self.m_partialref = (advise & LI_PARTIAL_REF) != 0
-            self.m_clusterofs = le16(di + 2)
-            self.m_pblk = le32(di + 4)
+            self.m_partialref = (advise & d.LI_PARTIAL_REF) != 0
+            self.m_clusterofs = le16(di + d.LCLUSTER_INDEX_di_clusterofs)
+            self.m_pblk = le32(di + d.LCLUSTER_INDEX_di_blkaddr)
         return 0
 
     cdef inline unsigned int compacted_bits(self, unsigned int lobits, const uint8_t *pack,
                                             unsigned int bitpos, unsigned int *ltype) noexcept:
         cdef uint32_t v = le32(pack + bitpos // 8) >> (bitpos & 7)
-        ltype[0] = (v >> lobits) & 3
+        ltype[0] = (v >> lobits) & d.LI_LCLUSTER_TYPE_MASK
         return v & ((1 << lobits) - 1)
 
     cdef unsigned int lookahead_distance(self, unsigned int lobits, unsigned int encodebits,
@@ -189,13 +167,13 @@ cdef class ZMap:
         cdef unsigned int lo = 0, d1 = 0, ltype
         while True:
             lo = self.compacted_bits(lobits, pack, encodebits * i, &ltype)
-            if ltype != TYPE_NONHEAD:
+            if ltype != d.LCLUSTER_TYPE_NONHEAD:
                 return d1
             d1 += 1
             i += 1
             if i >= <int>vcnt:
                 break
-        if not (lo & LI_D0_CBLKCNT):
+        if not (lo & d.LI_D0_CBLKCNT):
             d1 += lo - 1
         return d1
 
@@ -203,7 +181,7 @@ cdef class ZMap:
         cdef unsigned int bits = self.lclusterbits
         cdef unsigned int amortizedshift = 2, vcnt, lobits, encodebits, lo, ltype, packsize
         cdef uint64_t pos = self.ebase, rel = lcn, nblk
-        cdef bint big = (self.advise & ADVISE_BIG_PCLUSTER_1) != 0
+        cdef bint big = (self.advise & d.ADVISE_BIG_PCLUSTER_1) != 0
         cdef const uint8_t *pack
         cdef int i
         if lcn >= self.totalidx or bits > 14:
@@ -233,14 +211,14 @@ cdef class ZMap:
 
         lo = self.compacted_bits(lobits, pack, encodebits * i, &ltype)
         self.m_type = ltype
-        if ltype == TYPE_NONHEAD:
+        if ltype == d.LCLUSTER_TYPE_NONHEAD:
             self.m_clusterofs = 1 << bits
             if lookahead:
                 self.m_delta1 = self.lookahead_distance(lobits, encodebits, vcnt, pack, i)
-            if lo & LI_D0_CBLKCNT:
+            if lo & d.LI_D0_CBLKCNT:
                 if not big:
                     self.corrupt("compressed block count without big pclusters", lcn)
-                self.m_compressedblks = lo & ~LI_D0_CBLKCNT
+                self.m_compressedblks = lo & ~d.LI_D0_CBLKCNT
                 self.m_delta0 = 1
                 return 0
             if i + 1 != <int>vcnt:
@@ -248,9 +226,9 @@ cdef class ZMap:
                 return 0
             # the last lcluster of a pack stores delta[1]; derive delta[0] from its neighbour
             lo = self.compacted_bits(lobits, pack, encodebits * (i - 1), &ltype)
-            if ltype != TYPE_NONHEAD:
+            if ltype != d.LCLUSTER_TYPE_NONHEAD:
                 lo = 0
-            elif lo & LI_D0_CBLKCNT:
+            elif lo & d.LI_D0_CBLKCNT:
                 lo = 1
             self.m_delta0 = lo + 1
             return 0
@@ -262,7 +240,7 @@ cdef class ZMap:
             while i > 0:
                 i -= 1
                 lo = self.compacted_bits(lobits, pack, encodebits * i, &ltype)
-                if ltype == TYPE_NONHEAD:
+                if ltype == d.LCLUSTER_TYPE_NONHEAD:
                     i -= <int>lo
                 if i >= 0:
                     nblk += 1
@@ -271,10 +249,10 @@ cdef class ZMap:
             while i > 0:
                 i -= 1
                 lo = self.compacted_bits(lobits, pack, encodebits * i, &ltype)
-                if ltype == TYPE_NONHEAD:
-                    if lo & LI_D0_CBLKCNT:
+                if ltype == d.LCLUSTER_TYPE_NONHEAD:
+                    if lo & d.LI_D0_CBLKCNT:
                         i -= 1
-                        nblk += lo & ~LI_D0_CBLKCNT
+                        nblk += lo & ~d.LI_D0_CBLKCNT
                         continue
                     if lo <= 1:
                         self.corrupt("big pcluster with a plain delta of 1", lcn)
@@ -289,7 +267,7 @@ cdef class ZMap:
             self.load_compact(lcn, lookahead)
         else:
             self.load_full(lcn)
-        if self.m_type != TYPE_NONHEAD and self.m_clusterofs >= (1u << self.lclusterbits):
+        if self.m_type != d.LCLUSTER_TYPE_NONHEAD and self.m_clusterofs >= (1u << self.lclusterbits):
             self.corrupt(f"cluster offset {self.m_clusterofs} beyond the lcluster", lcn)
         return 0
 
@@ -297,13 +275,13 @@ cdef class ZMap:
     cdef uint64_t lookback(self, unsigned int distance) except? 0xFFFFFFFFFFFFFFFF:
         """Walk back to the HEAD lcluster of the extent; returns its logical start."""
         cdef uint64_t start_lcn = self.m_lcn, lcn
-        cdef uint64_t limit = (PCLUSTER_MAX_DSIZE >> self.lclusterbits) + 2
+        cdef uint64_t limit = (d.PCLUSTER_MAX_DSIZE >> self.lclusterbits) + 2
         while self.m_lcn >= distance and distance:
             lcn = self.m_lcn - distance
             if start_lcn - lcn > limit:
                 break
             self.load(lcn, False)
-            if self.m_type == TYPE_NONHEAD:
+            if self.m_type == d.LCLUSTER_TYPE_NONHEAD:
                 distance = self.m_delta0
                 continue
             self.m_headtype = self.m_type
@@ -312,16 +290,16 @@ cdef class ZMap:
         return 0
 
     cdef int compressed_length(self, uint64_t *plen) except -1:
-        cdef bint big1 = (self.advise & ADVISE_BIG_PCLUSTER_1) != 0
-        cdef bint big2 = (self.advise & ADVISE_BIG_PCLUSTER_2) != 0
+        cdef bint big1 = (self.advise & d.ADVISE_BIG_PCLUSTER_1) != 0
+        cdef bint big2 = (self.advise & d.ADVISE_BIG_PCLUSTER_2) != 0
         cdef uint64_t lcn = self.m_lcn + 1
-        if ((self.m_headtype == TYPE_HEAD1 and not big1) or
-                ((self.m_headtype == TYPE_PLAIN or self.m_headtype == TYPE_HEAD2) and not big2) or
+        if ((self.m_headtype == d.LCLUSTER_TYPE_HEAD1 and not big1) or
+                ((self.m_headtype == d.LCLUSTER_TYPE_PLAIN or self.m_headtype == d.LCLUSTER_TYPE_HEAD2) and not big2) or
                 (lcn << self.lclusterbits) >= self.size):
             self.m_compressedblks = 1
         if not self.m_compressedblks:
             self.load(lcn, False)
-            if self.m_type == TYPE_NONHEAD:
+            if self.m_type == d.LCLUSTER_TYPE_NONHEAD:
                 if self.m_delta0 != 1:
                     self.corrupt("bogus compressed block count", lcn)
                 if not self.m_compressedblks:
@@ -338,10 +316,10 @@ cdef class ZMap:
         while True:
             if (lcn << bits) >= self.size:
                 return self.size - la
-            if (lcn << bits) > la + PCLUSTER_MAX_DSIZE:
+            if (lcn << bits) > la + d.PCLUSTER_MAX_DSIZE:
                 self.corrupt("extent decodes to more than 12 MiB", lcn)
             self.load(lcn, True)
-            if self.m_type == TYPE_NONHEAD:
+            if self.m_type == d.LCLUSTER_TYPE_NONHEAD:
                 if not self.m_delta1:
                     self.m_delta1 = 1
             elif lcn != headlcn:
@@ -357,7 +335,7 @@ cdef class ZMap:
         cdef uint64_t initial_lcn = ofs >> bits
         cdef uint64_t endoff = ofs & ((1 << bits) - 1)
         cdef uint64_t end
-        cdef bint fragment = (self.advise & ADVISE_FRAGMENT_PCLUSTER) != 0
+        cdef bint fragment = (self.advise & d.ADVISE_FRAGMENT_PCLUSTER) != 0
         cdef bint ztail = self.inline_size != 0
         self.m_compressedblks = 0
         self.m_partialref = False
@@ -367,7 +345,7 @@ cdef class ZMap:
             self.inline_pos = self.m_nextpackoff
         flags[0] = MAPPED
         end = (self.m_lcn + 1) << bits
-        if self.m_type == TYPE_NONHEAD:
+        if self.m_type == d.LCLUSTER_TYPE_NONHEAD:
             la[0] = self.lookback(self.m_delta0)
         elif endoff >= self.m_clusterofs:
             self.m_headtype = self.m_type
@@ -398,9 +376,9 @@ cdef class ZMap:
         else:
             pa[0] = self.m_pblk << self.blkszbits
             self.compressed_length(plen)
-        if self.m_headtype == TYPE_PLAIN:
-            alg[0] = COMPRESSION_INTERLACED if self.advise & ADVISE_INTERLACED_PCLUSTER else COMPRESSION_SHIFTED
-        elif self.m_headtype == TYPE_HEAD2:
+        if self.m_headtype == d.LCLUSTER_TYPE_PLAIN:
+            alg[0] = d.COMPRESSION_INTERLACED if self.advise & d.ADVISE_INTERLACED_PCLUSTER else d.COMPRESSION_SHIFTED
+        elif self.m_headtype == d.LCLUSTER_TYPE_HEAD2:
             alg[0] = self.alg_head2
         else:
             alg[0] = self.alg_head1
@@ -408,10 +386,10 @@ cdef class ZMap:
 
     cdef int map_extent_records(self, uint64_t ofs, uint64_t *la, uint64_t *llen,
                                 uint64_t *pa, uint64_t *plen, unsigned int *alg, unsigned int *flags) except -1:
-        cdef unsigned int recsz = 4 << ((self.advise >> 1) & 3)
+        cdef unsigned int recsz = 4 << ((self.advise >> d.ADVISE_EXTRECSZ_BIT) & d.ADVISE_EXTRECSZ_MASK)
         cdef uint64_t lsize = <uint64_t>1 << self.lclusterbits
-        cdef uint64_t pos = ((((self.data_start + 7) & ~(<uint64_t>7)) + 8) + recsz - 1) // recsz * recsz
-        cdef uint64_t lend = self.size, lstart, base = NULL_ADDR, rec_la, rec_pa, rec_plen = 0, rec_pos = 0
+        cdef uint64_t pos = (self.map_header_pos() + d.MAP_HEADER_SIZE + recsz - 1) // recsz * recsz
+        cdef uint64_t lend = self.size, lstart, base = d.NULL_ADDR, rec_la, rec_pa, rec_plen = 0, rec_pos = 0
         cdef uint64_t l, r, mid, bmask = (1 << self.blkszbits) - 1
         cdef const uint8_t *ext
         cdef bint last
@@ -419,10 +397,10 @@ cdef class ZMap:
         flags[0] = 0
         pa[0] = 0
         plen[0] = 0
-        if recsz <= 8:
-            if recsz <= 4:
+        if recsz <= d.EXTENT_lstart_lo:  # no logical starts: one record per lcluster
+            if recsz <= d.EXTENT_pstart_lo:  # lengths alone: pclusters lie end to end from a 64-bit start
                 ext = self.at(pos, 8)
-                base = le32(ext) | (<uint64_t>le32(ext + 4) << 32)
+                base = le64(ext)
                 pos += 8
                 lstart = 0
             else:
@@ -430,12 +408,12 @@ cdef class ZMap:
                 pos += (lstart >> self.lclusterbits) * recsz
             while lstart <= ofs:
                 ext = self.at(pos, recsz)
-                rec_plen = le32(ext)
-                if base != NULL_ADDR:
+                rec_plen = le32(ext + d.EXTENT_plen)
+                if base != d.NULL_ADDR:
                     rec_pa = base
-                    base += rec_plen & EXTENT_PLEN_MASK
+                    base += rec_plen & d.EXTENT_PLEN_MASK
                 else:
-                    rec_pa = le32(ext + 4)
+                    rec_pa = le32(ext + d.EXTENT_pstart_lo)
                 pos += recsz
                 lstart += lsize
             last = lstart >= (lend + lsize - 1) // lsize * lsize
@@ -449,9 +427,9 @@ cdef class ZMap:
             while l < r:
                 mid = l + (r - l) // 2
                 ext = self.at(pos + mid * recsz, recsz)
-                rec_la = le32(ext + 12)
-                if recsz > 16:
-                    rec_la |= <uint64_t>le32(ext + 16) << 32
+                rec_la = le32(ext + d.EXTENT_lstart_lo)
+                if recsz > d.EXTENT_lstart_hi:
+                    rec_la |= <uint64_t>le32(ext + d.EXTENT_lstart_hi) << 32
                 if rec_la > ofs:
                     r = mid
                     if rec_la > lend:
@@ -462,29 +440,29 @@ cdef class ZMap:
                     if ofs == rec_la and l + 1 < r:
                         r = l + 1
                     lstart = rec_la
-                    rec_plen = le32(ext)
-                    rec_pa = le32(ext + 4) | (<uint64_t>le32(ext + 8) << 32)
+                    rec_plen = le32(ext + d.EXTENT_plen)
+                    rec_pa = le32(ext + d.EXTENT_pstart_lo) | (<uint64_t>le32(ext + d.EXTENT_pstart_hi) << 32)
             last = l >= self.extent_count
         if lstart < lend:
             la[0] = lstart
-            if last and (self.advise & ADVISE_FRAGMENT_PCLUSTER):
+            if last and (self.advise & d.ADVISE_FRAGMENT_PCLUSTER):
                 flags[0] = FRAGMENT
                 self.fragmentoff = rec_plen
-                if recsz > 4:
+                if recsz > d.EXTENT_pstart_lo:
                     self.fragmentoff |= rec_pa << 32
-            elif rec_plen & EXTENT_PLEN_MASK:
+            elif rec_plen & d.EXTENT_PLEN_MASK:
                 flags[0] = MAPPED | FULL_MAPPED
-                fmt = rec_plen >> EXTENT_PLEN_FMT_BIT
-                if rec_plen & EXTENT_PLEN_PARTIAL:
+                fmt = rec_plen >> d.EXTENT_PLEN_FMT_BIT
+                if rec_plen & d.EXTENT_PLEN_PARTIAL:
                     flags[0] |= PARTIAL_REF
-                plen[0] = rec_plen & EXTENT_PLEN_MASK
+                plen[0] = rec_plen & d.EXTENT_PLEN_MASK
                 pa[0] = rec_pa
                 if fmt:
                     alg[0] = fmt - 1
-                elif (self.advise & ADVISE_INTERLACED_PCLUSTER) and not ((pa[0] | plen[0]) & bmask):
-                    alg[0] = COMPRESSION_INTERLACED
+                elif (self.advise & d.ADVISE_INTERLACED_PCLUSTER) and not ((pa[0] | plen[0]) & bmask):
+                    alg[0] = d.COMPRESSION_INTERLACED
                 else:
-                    alg[0] = COMPRESSION_SHIFTED
+                    alg[0] = d.COMPRESSION_SHIFTED
         else:
             la[0] = ofs
         llen[0] = lend - la[0]
@@ -531,7 +509,7 @@ cdef class ZMap:
             self.init()
         if self.extents_format:
             self.map_extent_records(offset, &la, &llen, &pa, &plen, &alg, &flags)
-        elif self.all_fragment or ((self.advise & ADVISE_FRAGMENT_PCLUSTER) and not self.tail_headlcn):
+        elif self.all_fragment or ((self.advise & d.ADVISE_FRAGMENT_PCLUSTER) and not self.tail_headlcn):
             return (0, self.size, 0, 0, 0, FRAGMENT)
         else:
             self.map_lclusters(offset, False, &la, &llen, &pa, &plen, &alg, &flags)
@@ -539,14 +517,14 @@ cdef class ZMap:
                 llen = self.decoded_length(la)
                 flags |= FULL_MAPPED
         if flags & MAPPED:
-            if alg >= COMPRESSION_MAX and alg not in (COMPRESSION_SHIFTED, COMPRESSION_INTERLACED):
+            if alg >= d.COMPRESSION_MAX and alg not in (d.COMPRESSION_SHIFTED, d.COMPRESSION_INTERLACED):
                 raise UnsupportedFeature(f"unknown compression algorithm {alg} (nid {self.nid}, offset {la})")
-            if alg < COMPRESSION_MAX and not (self.algorithms & (1 << alg)):
+            if alg < d.COMPRESSION_MAX and not (self.algorithms & (1 << alg)):
                 raise CorruptImage(f"algorithm {alg} is not enabled in the superblock", self.nid, f"offset {la}")
-            if plen > PCLUSTER_MAX_SIZE or llen > PCLUSTER_MAX_DSIZE:
+            if plen > d.PCLUSTER_MAX_SIZE or llen > d.PCLUSTER_MAX_DSIZE:
                 raise CorruptImage(f"pcluster of {plen} bytes decoding to {llen} bytes exceeds the format limits",
                                    self.nid, f"offset {la}")
-            if alg >= COMPRESSION_MAX and llen > plen:
+            if alg >= d.COMPRESSION_MAX and llen > plen:
                 raise CorruptImage(f"uncompressed pcluster of {plen} bytes cannot hold {llen} bytes",
                                    self.nid, f"offset {la}")
         if offset < la or (llen and offset >= la + llen and not (flags & FRAGMENT)):
