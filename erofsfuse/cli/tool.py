@@ -15,14 +15,17 @@ import os
 import stat
 import sys
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 
 from .. import __version__
 from ..erofs import ondisk as d
 from ..erofs.errors import ErofsError
+from ..erofs.fsverity import file_digest
 from ..erofs.image import ErofsImage
 from ..erofs.inode import Inode
 from ..erofs.stream import chunks
+from ..erofs.verity import DEFAULT_SALT_SIZE, VerifiedFile, VerityParams, format_tree
 from .extract import extract
 from .fsck import Problem, check
 from .progress import Progress
@@ -203,6 +206,66 @@ def cmd_fsck(img: ErofsImage, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- proofs: these take any file, not only an EROFS image ----------------------
+def cmd_verity_format(args: argparse.Namespace) -> int:
+    params = _verity_params(args, os.urandom(DEFAULT_SALT_SIZE), uuid.uuid4().bytes)
+    with Progress("hashing", os.path.getsize(args.image) // params.data_block_size) as progress:
+        tree = format_tree(args.image, args.hashfile, params, hash_offset=args.hash_offset,
+                           superblock=not args.no_superblock, progress=progress.advance)
+    if tree.uncovered_bytes:
+        print(f"erofstool: {args.image}: warning: the last {tree.uncovered_bytes} bytes are not a whole data "
+              "block and are not covered by the tree", file=sys.stderr)
+    p = tree.params
+    rows: list[tuple[str, object]] = [
+        ("UUID", p.uuid_text if tree.superblock else ""),
+        ("Hash type", p.hash_type),
+        ("Data blocks", p.data_blocks),
+        ("Data block size", p.data_block_size),
+        ("Hash blocks", tree.layout.hash_blocks),
+        ("Hash block size", p.hash_block_size),
+        ("Hash algorithm", p.hash_name),
+        ("Salt", p.salt.hex() or "-"),
+        ("Root hash", tree.root_hash.hex()),
+        ("Hash device size", f"{tree.hash_device_size} [bytes]"),
+        ("Hash offset", tree.hash_offset),
+    ]
+    for key, value in rows:
+        emit(f"{key + ':':<18}{value}")
+    return EXIT_OK
+
+
+def cmd_verity_verify(args: argparse.Namespace) -> int:
+    if args.hashfile is None and args.hash_offset is None:
+        raise CommandError("give HASHFILE, or --hash-offset where the tree is appended to IMAGE")
+    params = _verity_params(args, b"", bytes(16)) if args.no_superblock else None
+    checked = VerifiedFile(args.image, args.root_hash, hash_path=args.hashfile, hash_offset=args.hash_offset or 0,
+                           params=params)
+    with contextlib.closing(checked), Progress("verifying", checked.params.data_blocks) as progress:
+        checked.check_all(progress.advance)
+    p = checked.params
+    emit(f"{args.image}: verified, {p.data_blocks} data blocks of {p.data_block_size} bytes match root hash "
+         f"{args.root_hash.hex()}")
+    return EXIT_OK
+
+
+def _verity_params(args: argparse.Namespace, salt: bytes, uuid_bytes: bytes) -> VerityParams:
+    """The tree parameters from the options; ``salt`` and ``uuid_bytes`` stand in for missing ones."""
+    return VerityParams(args.data_blocks, args.hash, args.data_block_size, args.hash_block_size,
+                        salt if args.salt is None else args.salt, args.format,
+                        getattr(args, "uuid", None) or uuid_bytes)
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    salt = args.salt or b""
+    with Progress("hashing", os.path.getsize(args.image)) as progress:
+        digest = file_digest(args.image, args.hash_alg, args.block_size, salt, progress.advance)
+    if args.compact:
+        emit(digest.hex())
+    else:
+        emit(f"{args.hash_alg}:{digest.hex()}", args.image)
+    return EXIT_OK
+
+
 # -- arguments ------------------------------------------------------------------
 def _offset(text: str) -> int:
     try:
@@ -214,14 +277,83 @@ def _offset(text: str) -> int:
     return value
 
 
+def _hex(text: str) -> bytes:
+    """Hex digits as bytes; ``-`` is none (veritysetup's way of saying no salt)."""
+    try:
+        return b"" if text == "-" else bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not hex digits: {text!r}") from None
+
+
+def _uuid(text: str) -> bytes:
+    try:
+        return uuid.UUID(text).bytes
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def _on_image(command: Callable[[ErofsImage, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A command that works on an opened image, run with the image the common options name."""
+
+    def run(args: argparse.Namespace) -> int:
+        with ErofsImage(args.image, args.device, args.offset) as img:
+            return command(img, args)
+
+    return run
+
+
+def _add_proof_commands(sub: argparse._SubParsersAction, debugging: argparse.ArgumentParser,
+                        parsers: dict[str, argparse.ArgumentParser]) -> None:
+    """``verity format``, ``verity verify`` and ``digest``: trees and digests of any file."""
+    tree = argparse.ArgumentParser(add_help=False)
+    tree.add_argument("--hash-offset", type=_offset, metavar="BYTES",
+                      help="where the tree (its superblock first) starts in HASHFILE, or in IMAGE when appended")
+    tree.add_argument("--no-superblock", action="store_true",
+                      help="no veritysetup superblock: the parameters below are the tree's")
+    tree.add_argument("--hash", default="sha256", metavar="ALGORITHM", help="sha256 (default), sha1, sha512, ...")
+    tree.add_argument("--data-block-size", type=_offset, default=4096, metavar="BYTES", help="default 4096")
+    tree.add_argument("--hash-block-size", type=_offset, default=4096, metavar="BYTES", help="default 4096")
+    tree.add_argument("--data-blocks", type=_offset, default=0, metavar="N",
+                      help="data blocks covered (default: the whole data area)")
+    tree.add_argument("--salt", type=_hex, metavar="HEX", help="hex, or - for none")
+    tree.add_argument("--format", type=int, default=1, choices=(0, 1), help="hash type: 1 (default) or 0 (Chrome OS)")
+
+    text = "dm-verity hash trees as veritysetup makes them"
+    verity = sub.add_parser("verity", help=text, description=text)
+    actions = verity.add_subparsers(dest="action", required=True, metavar="ACTION")
+    text = "write IMAGE's hash tree to HASHFILE (or append it to IMAGE) and print the root hash"
+    p = parsers["verity format"] = actions.add_parser("format", parents=[tree, debugging], help=text,
+                                                      description=text + " (salt: random by default)")
+    p.add_argument("--uuid", type=_uuid, help="the superblock's UUID (default: a random one)")
+    p.add_argument("image", metavar="IMAGE", help="the file the tree covers")
+    p.add_argument("hashfile", metavar="HASHFILE", nargs="?", help="where the tree goes (default: appended to IMAGE)")
+    p.set_defaults(handler=cmd_verity_format)
+    text = "check every block of IMAGE against its hash tree and a root hash"
+    p = parsers["verity verify"] = actions.add_parser("verify", parents=[tree, debugging], help=text, description=text)
+    p.add_argument("image", metavar="IMAGE", help="the file the tree covers")
+    p.add_argument("hashfile", metavar="HASHFILE", nargs="?", help="the tree (default: appended to IMAGE)")
+    p.add_argument("root_hash", metavar="ROOTHASH", type=_hex, help="the root hash, in hex")
+    p.set_defaults(handler=cmd_verity_verify)
+
+    text = "the file's fs-verity digest, as fsverity digest prints it"
+    p = parsers["digest"] = sub.add_parser("digest", parents=[debugging], help=text, description=text)
+    p.add_argument("--hash-alg", default="sha256", choices=("sha256", "sha512"), help="default sha256")
+    p.add_argument("--block-size", type=_offset, default=4096, metavar="BYTES", help="default 4096")
+    p.add_argument("--salt", type=_hex, metavar="HEX", help="hex")
+    p.add_argument("--compact", action="store_true", help="print the digest alone")
+    p.add_argument("image", metavar="FILE", help="any file")
+    p.set_defaults(handler=cmd_digest)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser (for help and errors) and each command's own parser."""
-    common = argparse.ArgumentParser(add_help=False)
+    debugging = argparse.ArgumentParser(add_help=False)
+    debugging.add_argument("--debug", action="store_true", help="print a traceback for internal errors")
+    common = argparse.ArgumentParser(add_help=False, parents=[debugging])
     common.add_argument("--device", action="append", default=[], metavar="PATH",
                         help="an extra device file, once per device in device-table order (none for a flat image)")
     common.add_argument("--offset", type=_offset, default=0, metavar="BYTES",
                         help="where the image starts inside IMAGE (default 0)")
-    common.add_argument("--debug", action="store_true", help="print a traceback for internal errors")
     common.add_argument("image", metavar="IMAGE", help="the EROFS image (primary device)")
 
     parser = argparse.ArgumentParser(prog="erofstool", description="Inspect, verify and extract EROFS images.")
@@ -239,7 +371,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parsers = {}
     for name, handler, text in commands:
         p = parsers[name] = sub.add_parser(name, parents=[common], help=text, description=text)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=_on_image(handler))
         if name == "ls":
             p.add_argument("-l", dest="long", action="store_true", help="long listing")
         if name == "extract":
@@ -248,14 +380,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             p.add_argument("path", metavar="PATH", nargs="?", default="/", help="a path inside the image (default /)")
         elif name in ("stat", "cat", "getfattr"):
             p.add_argument("path", metavar="PATH", help="a path inside the image")
+    _add_proof_commands(sub, debugging, parsers)
     return parser, parsers
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Options may stand anywhere among the operands (``ls IMAGE -l /``), as with most commands."""
     parser, commands = build_parser()
-    if argv and argv[0] in commands:
-        return commands[argv[0]].parse_intermixed_args(argv[1:])
+    words = 2 if argv[:1] == ["verity"] else 1  # verity's actions are commands of their own
+    name = " ".join(argv[:words])
+    if name in commands:
+        return commands[name].parse_intermixed_args(argv[words:])
     return parser.parse_args(argv)  # help, or a usage error
 
 
@@ -279,8 +414,8 @@ def _describe_os_error(exc: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        with _stdout_gone(), ErofsImage(args.image, args.device, args.offset) as img:
-            status = args.handler(img, args)
+        with _stdout_gone():
+            status = args.handler(args)
             sys.stdout.flush()  # here, where a reader that went away is still handled
             return status
     except BrokenPipeError:

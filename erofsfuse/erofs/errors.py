@@ -53,6 +53,22 @@ class DeviceError(ErofsError):
     """The devices given do not fit the image (count, size, unreadable file)."""
 
 
+class IntegrityError(ErofsError):
+    """Bytes read do not match the hash tree they are checked against (or the tree its root hash).
+
+    Served like corruption (EIO). ``path`` is the data file, ``block`` the
+    data block being read and ``offset`` the byte of ``path`` where it starts
+    (both ``None`` when no data block is involved, as for a wrong root hash),
+    so that a log line can name the files that use those bytes.
+    """
+
+    def __init__(self, message: str, path: str, block: int | None = None, offset: int | None = None):
+        self.path = path
+        self.block = block
+        self.offset = offset
+        super().__init__(message)
+
+
 class PathNotFound(ErofsError):
     errno = errno.ENOENT
     answer = True
