@@ -2,17 +2,17 @@
 
 The fsmeta holds the chain's merged tree exactly as overlayfs shows the layers stacked (whiteouts and
 opaque directories applied, overlay's private xattrs hidden; the merge is the FUSE stack's ``StackTree``),
-and each regular file refers to its data where it already is: in the layer that provides the file, which
-is extra device ``i + 1`` of the fsmeta for layer ``i`` (bottom first). Mounted as
-``erofs -o device=LAYER1,device=LAYER2,... FSMETA``, it replaces one mount per layer and an overlay of them
-with a single mount.
+and each regular file refers to its data where it already is: in the file that holds the data of the
+layer providing it (the layer image, or its blob), which is extra device ``i + 1`` of the fsmeta for layer
+``i`` (bottom first). Mounted as ``erofs -o device=DATA1,device=DATA2,... FSMETA``, it replaces one mount
+per layer and an overlay of them with a single mount.
 
-A file can only be referenced where its data lies in whole blocks of a file: uncompressed data outside the
-metadata. mkfs.erofs makes such layers with ``-Enoinline_data`` (``MKFS_OPTIONS``: every file's data in
-blocks of the image, each file in one run, so one chunk reference covers it) or with ``--chunksize=4096``
-(chunk-based files, also with ``--blobdev``; the fsmeta then needs a reference per chunk). Its defaults
-keep the tail of a file inline in the metadata, and compressed layers are compressed: chains with such
-layers are refused with ``NotFlattenable`` and keep their per-layer mounts.
+A file can only be referenced where its data lies in whole blocks of a file: uncompressed, outside the
+metadata. mkfs.erofs makes such layers with ``-Enoinline_data`` (``MKFS_OPTIONS``: each file's data in
+consecutive blocks of the image, so one chunk reference covers it) or with ``--chunksize=4096``
+(chunk-based files, also with ``--blobdev``; the fsmeta then needs a reference per chunk). By default
+mkfs.erofs keeps the tail of each file inline in the metadata, and compressed data cannot be referenced
+either: a chain with such a layer is refused with ``NotFlattenable`` and keeps its per-layer mounts.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ class _Flattener:
         self.blkszbits = self.layers[0].sb.blkszbits
         for i, img in enumerate(self.layers):
             if img.sb.block_size != self.block_size:
-                raise NotFlattenable(i, b"/", f"blocks of {img.sb.block_size} bytes, below are {self.block_size}")
+                raise NotFlattenable(i, b"/", f"blocks of {img.sb.block_size} bytes, the bottom layer's are "
+                                              f"{self.block_size}")
         self.data_files: list[BackingFile | None] = [None] * len(self.layers)
         self.files = 0
 
