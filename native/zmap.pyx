@@ -26,6 +26,11 @@ cpdef enum:
     FULL_MAPPED = 16  # llen is the whole decoded length of the pcluster
 
 
+cdef inline uint64_t map_header_pos(uint64_t data_start) noexcept:
+    """The map header follows the inode's xattrs, aligned to its size."""
+    return (data_start + d.MAP_HEADER_SIZE - 1) & ~(<uint64_t>d.MAP_HEADER_SIZE - 1)
+
+
 cdef class ZMap:
     """The compressed-data map of one inode; ``map(offset)`` returns the extent holding it."""
 
@@ -79,7 +84,7 @@ cdef class ZMap:
 
     # -- map header ----------------------------------------------------------
     cdef int init(self) except -1:
-        cdef uint64_t pos = self.map_header_pos()
+        cdef uint64_t pos = map_header_pos(self.data_start)
         cdef const uint8_t *h = self.at(pos, d.MAP_HEADER_SIZE)
         cdef unsigned int clusterbits = h[d.MAP_HEADER_h_clusterbits]
         if clusterbits >> d.FRAGMENT_INODE_BIT:
@@ -120,10 +125,6 @@ cdef class ZMap:
         if self.inline_size or (self.advise & d.ADVISE_FRAGMENT_PCLUSTER):
             self.find_tail()
         return 0
-
-    cdef inline uint64_t map_header_pos(self) noexcept:
-        """The map header follows the inode's xattrs, aligned to its size."""
-        return (self.data_start + d.MAP_HEADER_SIZE - 1) & ~(<uint64_t>d.MAP_HEADER_SIZE - 1)
 
     cdef int find_tail(self) except -1:
         """Locate the tail extent (kernel's EROFS_GET_BLOCKS_FINDTAIL)."""
@@ -388,7 +389,7 @@ cdef class ZMap:
                                 uint64_t *pa, uint64_t *plen, unsigned int *alg, unsigned int *flags) except -1:
         cdef unsigned int recsz = 4 << ((self.advise >> d.ADVISE_EXTRECSZ_BIT) & d.ADVISE_EXTRECSZ_MASK)
         cdef uint64_t lsize = <uint64_t>1 << self.lclusterbits
-        cdef uint64_t pos = (self.map_header_pos() + d.MAP_HEADER_SIZE + recsz - 1) // recsz * recsz
+        cdef uint64_t pos = (map_header_pos(self.data_start) + d.MAP_HEADER_SIZE + recsz - 1) // recsz * recsz
         cdef uint64_t lend = self.size, lstart, base = d.NULL_ADDR, rec_la, rec_pa, rec_plen = 0, rec_pos = 0
         cdef uint64_t l, r, mid, bmask = (1 << self.blkszbits) - 1
         cdef const uint8_t *ext
