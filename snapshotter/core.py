@@ -3,7 +3,8 @@
 Each operation runs under one lock and one metadata transaction; a failure rolls the record back and
 removes what the operation created. The one slow step, building a layer blob at commit, runs outside the
 lock so other requests go on meanwhile. Mounts that no live snapshot needs any more are released after
-every commit and removal, and at start and Cleanup.
+every commit and removal, and at start and Cleanup; an erofsfuse daemon that a removal left unused stays up
+idle until its time is up (idle.py), when a timer thread releases it.
 
 Crash safety: the committed record is the commit point. A blob is complete and synced before the record
 says committed and only then takes the name ``layer.erofs``; directories are made inside the creating
@@ -16,14 +17,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from . import filters
 from .convert import Usage, blob_usage, build_layer, copy_layer, rename_synced, sync_layer, tree_usage
-from .daemons import FuseDaemons, find_erofsfuse
+from .daemons import FuseDaemons, daemon_processes, find_erofsfuse, resident_memory
 from .errors import FailedPrecondition, InvalidArgument, MountError, NotFound
 from .faults import fault_point
+from .idle import ExpiryTimer, IdlePolicy, IdleStack, boot_clock, judge_idle
 from .layout import Layout, make_dir
 from .metadata import Kind, MetadataStore, Snapshot
 from .mounts import host_capabilities, mount_erofs, mounts_under, unmount
@@ -48,29 +50,52 @@ def snapshot_fields(snap: Snapshot) -> filters.FieldLookup:
     return filters.map_lookup({"kind": kind, "name": snap.key, "parent": snap.parent}, {"labels": snap.labels})
 
 
+def chain_uses(snapshots: Iterable[Snapshot]) -> list[ChainUse]:
+    """What the live (active and view) snapshots among ``snapshots`` (all of them) need mounted."""
+    snapshots = list(snapshots)
+    parents = {s.id: s.parent_id for s in snapshots}
+    uses = []
+    for snap in snapshots:
+        if snap.kind is Kind.COMMITTED or snap.parent_id is None:
+            continue
+        chain, layer = [], snap.parent_id
+        while layer is not None:
+            chain.append(layer)
+            layer = parents[layer]
+        uses.append(ChainUse(Mode(snap.mode), tuple(chain)))
+    return uses
+
+
 class Snapshotter:
     def __init__(self, layout: Layout, mode: Mode = Mode.AUTO, *, host: HostCapabilities | None = None,
-                 erofsfuse: str | None = None, mkfs: str = "mkfs.erofs") -> None:
+                 erofsfuse: str | None = None, mkfs: str = "mkfs.erofs", idle: IdlePolicy | None = None) -> None:
         layout.create_base()
         self.layout = layout
         self.mode = mode
         self.host = host or host_capabilities()
         self.mkfs = mkfs
+        self.idle = idle or IdlePolicy()
         self.store = MetadataStore(layout.metadata_path)
         self.daemons = FuseDaemons(layout, find_erofsfuse(erofsfuse))
         self.trash = Trash(layout.trash_dirs)
         self._lock = threading.RLock()
         self._committing: set[int] = set()
         self._closed = False
+        self._expiry = ExpiryTimer(self._expire_idle)
         blocker = self.host.kernel_blocker()
-        log.info("root %s, mode %s; kernel erofs mounts %s; erofsfuse: %s", layout.root, mode.value,
-                 f"impossible ({blocker})" if blocker else "possible", self.daemons.binary or "not found")
+        log.info("root %s, mode %s; kernel erofs mounts %s; erofsfuse: %s; idle erofsfuse daemons stay up %s",
+                 layout.root, mode.value, f"impossible ({blocker})" if blocker else "possible",
+                 self.daemons.binary or "not found",
+                 f"for {self.idle.seconds:g}s (at most {self.idle.max_daemons}, {self.idle.max_memory >> 20} MiB)"
+                 if self.idle.lingers else "not at all")
         self.trash.requeue_leftovers()
         self.recover()
         self.restore_mounts()
 
     def close(self) -> None:
-        """Close the records; mounts stay, since running containers may use them (the next start adopts them)."""
+        """Close the records; mounts stay, since running containers may use them, and so do idle daemons: the next
+        start adopts them all, and stops the idle ones whose time is up by then."""
+        self._expiry.stop()  # before taking the lock, which an expiry in progress holds
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -146,25 +171,19 @@ class Snapshotter:
         else:
             self.daemons.ensure(chain)
 
-    def _chain_uses(self) -> list[ChainUse]:
-        snapshots = self.store.all()
-        parents = {s.id: s.parent_id for s in snapshots}
-        uses = []
-        for snap in snapshots:
-            if snap.kind is Kind.COMMITTED or snap.parent_id is None:
-                continue
-            chain, layer = [], snap.parent_id
-            while layer is not None:
-                chain.append(layer)
-                layer = parents[layer]
-            uses.append(ChainUse(Mode(snap.mode), tuple(chain)))
-        return uses
+    def release_unused(self, *, outgrown: int | None = None) -> None:
+        """Unmount layers that no active snapshot or view needs, and stop the erofsfuse daemons no snapshot
+        needs whose idle time is up (``_release_idle``).
 
-    def release_unused(self) -> None:
-        """Unmount layers and stop erofsfuse daemons that no active snapshot or view needs."""
+        ``outgrown`` is the top of a chain whose snapshot was just committed: the chain ending in that snapshot
+        takes its place (an image being unpacked layer by layer), so its daemon stops at once.
+        """
         with self._lock:
-            with self.store.transaction():
-                required = required_mounts(self._chain_uses())
+            with self.store.transaction() as store:
+                snapshots = store.all()
+            required = required_mounts(chain_uses(snapshots))
+            committed = {s.id for s in snapshots if s.kind is Kind.COMMITTED}
+            unused: dict[int, Path] = {}
             for entry in mounts_under(self.layout.snapshots_dir):
                 owner = self.layout.owner_of(entry.target)
                 if owner is None:
@@ -174,12 +193,46 @@ class Snapshotter:
                     if role == "fs" and entry.fstype == "erofs" and layer not in required.kernel_layers:
                         log.debug("unmounting layer #%d: no snapshot uses it", layer)
                         unmount(entry.target)
-                    elif role == "stack" and layer not in required.fuse_stacks:
-                        self.daemons.stop(layer, entry.target)
+                    elif role != "stack" or layer in required.fuse_stacks:
+                        continue
+                    elif layer not in committed:
+                        self.daemons.stop(layer, entry.target, "its top layer was removed")
+                    elif layer == outgrown and self.idle.lingers:
+                        self.daemons.stop(layer, entry.target, "its last snapshot was committed")
+                    else:
+                        unused[layer] = entry.target
                 except MountError as exc:  # try again at the next release; the request itself went fine
                     log.warning("%s", exc)
+            self._release_idle(unused)
             for top, users in required.users.items():
                 log.debug("erofsfuse for chain %d: %d users", top, users)
+
+    def _release_idle(self, unused: Mapping[int, Path]) -> None:
+        """Stop the unused daemons that idle.judge_idle says must go, mark when the others went idle, and set
+        the timer for the first of them to expire."""
+        now = boot_clock()
+        processes = daemon_processes(unused.values()) if unused and self.idle.lingers else {}
+        since = {top: self.daemons.idle_since(top) for top in unused}
+        stacks = [IdleStack(top, now if since[top] is None else min(since[top], now),
+                            resident_memory(processes[mountpoint]) if processes else 0)
+                  for top, mountpoint in unused.items()]
+        verdict = judge_idle(stacks, self.idle, now)
+        for stack in stacks:
+            try:
+                if stack.top in verdict.stop:
+                    self.daemons.stop(stack.top, unused[stack.top], verdict.stop[stack.top])
+                elif since[stack.top] is None:
+                    log.info("erofsfuse for chain %d stays up idle for %gs: no snapshot uses it", stack.top,
+                             self.idle.seconds)
+                    self.daemons.mark_idle(stack.top, stack.since)
+            except (MountError, OSError) as exc:  # try again at the next release
+                log.warning("erofsfuse for chain %d: %s", stack.top, exc)
+        self._expiry.set(verdict.next_expiry)
+
+    def _expire_idle(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self.release_unused()
 
     def mounts(self, key: str) -> list[MountSpec]:
         with self._lock, self.store.transaction() as store:
@@ -226,7 +279,7 @@ class Snapshotter:
             with self._lock:
                 self._committing.discard(active.id)
         log.info("committed %r as %r (#%d): %d bytes, %d inodes", key, name, active.id, usage.size, usage.inodes)
-        self.release_unused()
+        self.release_unused(outgrown=active.parent_id)
         return committed
 
     def _new_parent(self, active: Snapshot, parent_key: str) -> Snapshot | None:
@@ -346,8 +399,8 @@ class Snapshotter:
         answers, mounting again what a reboot took away or a dead daemon left. Failures are logged and left to
         the next Mounts call: one bad layer must not keep the snapshotter from starting."""
         with self._lock:
-            with self.store.transaction():
-                uses = set(self._chain_uses())
+            with self.store.transaction() as store:
+                uses = set(chain_uses(store.all()))
             self.daemons.report_adopted()
             for use in sorted(uses, key=lambda u: u.chain):
                 try:
@@ -379,6 +432,6 @@ class Snapshotter:
 
 
 def open_snapshotter(root: Path, mode: Mode, *, writable_root: Path | None = None, erofsfuse: str | None = None,
-                     mkfs: str = "mkfs.erofs") -> Snapshotter:
+                     mkfs: str = "mkfs.erofs", idle: IdlePolicy | None = None) -> Snapshotter:
     return Snapshotter(Layout(root.resolve(), writable_root.resolve() if writable_root else None), mode,
-                       erofsfuse=erofsfuse, mkfs=mkfs)
+                       erofsfuse=erofsfuse, mkfs=mkfs, idle=idle)

@@ -1,9 +1,10 @@
 """erofsfuse daemons: one per committed chain in use, serving the whole chain as one merged tree.
 
 A daemon is started on demand when a snapshot on top of the chain needs it, and stopped by unmounting
-once no snapshot does. Who needs which stack (its reference count) is derived from the metadata store by
-the planner, and whether a daemon runs is read from the mount table: neither is kept in memory, so both
-survive a restart of the snapshotter, and daemons keep serving running containers meanwhile.
+once no snapshot does and its idle time is up (see idle.py). Who needs which stack (its reference count)
+is derived from the metadata store by the planner, whether a daemon runs is read from the mount table, and
+since when an unused one is idle is a file beside it: none of it is kept in memory, so all of it survives a
+restart of the snapshotter, and daemons keep serving running containers meanwhile.
 
 Daemons run detached (their own session, no descriptor of ours) with ``-o failover``: a keeper process
 holds the FUSE connection and replaces a worker that dies, on the same connection, so the overlays of
@@ -30,6 +31,7 @@ from pathlib import Path
 from erofsfuse.fuse.failover import KEEPER_NAME, WORKER_NAME
 
 from .errors import MountError
+from .idle import boot_clock
 from .layout import Layout, make_dir, write_file
 from .mounts import mounts_under, unmount
 from .planner import stack_document
@@ -121,6 +123,18 @@ def daemon_processes(mountpoints: Iterable[Path]) -> dict[Path, DaemonProcesses]
     return {m: DaemonProcesses(keepers.get(m), tuple(sorted(workers[m]))) for m in wanted.values()}
 
 
+def resident_memory(processes: DaemonProcesses) -> int:
+    """Bytes of memory the keeper and workers of one mount hold (VmRSS; 0 for a process that is gone)."""
+    total = 0
+    for pid in filter(None, (processes.keeper, *processes.workers)):
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                total += next((int(line.split()[1]) * 1024 for line in f if line.startswith(b"VmRSS:")), 0)
+        except OSError:
+            continue
+    return total
+
+
 class FuseDaemons:
     def __init__(self, layout: Layout, binary: str | None) -> None:
         self.layout = layout
@@ -139,11 +153,13 @@ class FuseDaemons:
         """Log the daemons a previous run left (they are used as they are), warning about any without a keeper."""
         running = self.running()
         processes = daemon_processes(running.values())
+        now = boot_clock()
         for top, mountpoint in sorted(running.items()):
             found = processes[mountpoint]
+            since = self.idle_since(top)
             if found.keeper is not None:
-                log.info("adopting erofsfuse for chain %d at %s (keeper %d, workers %s)", top, mountpoint,
-                         found.keeper, list(found.workers))
+                log.info("adopting erofsfuse for chain %d at %s (keeper %d, workers %s%s)", top, mountpoint,
+                         found.keeper, list(found.workers), "" if since is None else f", idle for {now - since:.0f}s")
             else:
                 log.warning("adopting erofsfuse for chain %d at %s without a keeper (workers %s): it serves, but "
                             "if it dies the containers using it lose their files", top, mountpoint,
@@ -161,6 +177,10 @@ class FuseDaemons:
         if top in self.running():
             health = probe(mountpoint)
             if health is Health.ANSWERING:
+                since = self.idle_since(top)
+                if since is not None:
+                    log.info("reusing idle erofsfuse for chain %d (idle for %.0fs)", top, boot_clock() - since)
+                    self.clear_idle(top)
                 return mountpoint
             if health is Health.SILENT:
                 raise MountError(f"erofsfuse for chain {top} at {mountpoint} has not answered in {PROBE_TIMEOUT:.0f}s")
@@ -186,10 +206,27 @@ class FuseDaemons:
         if proc.returncode != 0 or top not in self.running():
             tail = log_path.read_text(errors="replace")[-2000:].strip()
             raise MountError(f"erofsfuse for chain {top} failed (exit {proc.returncode}): {tail}")
+        self.clear_idle(top)  # left by a daemon that was mounted here before (and died)
         log.info("started erofsfuse for chain %d (%d layers) at %s", top, len(chain), mountpoint)
         return mountpoint
 
-    def stop(self, top: int, mountpoint: Path) -> None:
+    def stop(self, top: int, mountpoint: Path, reason: str) -> None:
         """Unmount a stack; its daemon exits as soon as nothing (no container overlay) holds the mount."""
-        log.info("stopping erofsfuse for chain %d: no snapshot uses it", top)
+        log.info("stopping erofsfuse for chain %d: %s", top, reason)
         unmount(mountpoint)
+        self.clear_idle(top)
+
+    def idle_since(self, top: int) -> float | None:
+        """When the stack's last snapshot went (boot clock), if it is idle."""
+        try:
+            return float(self.layout.stack_idle(top).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def mark_idle(self, top: int, since: float) -> None:
+        """Record when the stack's last snapshot went (boot clock), for its idle time to survive a restart."""
+        write_file(self.layout.stack_idle(top), f"{since:.3f}\n".encode(), 0o644)
+
+    def clear_idle(self, top: int) -> None:
+        """Forget when the stack went idle: a snapshot uses it again, or it is stopped."""
+        self.layout.stack_idle(top).unlink(missing_ok=True)

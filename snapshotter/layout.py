@@ -10,6 +10,8 @@ become path components. Every snapshot gets ``snapshots/<id>/`` under the root::
     snapshots/<id>/.layer.erofs.staged   at commit: the complete blob, until the record says committed
     snapshots/<id>/stack/        fuse mode: where erofsfuse serves the chain ending at this layer
     snapshots/<id>/stack.json    fuse mode: that chain, bottom layer first
+    snapshots/<id>/stack.log     fuse mode: that daemon's log
+    snapshots/<id>/stack.idle    fuse mode: when the daemon's last snapshot went, while it stays up idle
 
 With a separate writable root, ``fs/``, ``work/`` and ``.erofslayer`` of active snapshots live in
 ``<writable root>/snapshots/<id>/`` instead (committed layers stay under the root).
@@ -93,6 +95,9 @@ class Layout:
 
     def stack_log(self, snapshot_id: int) -> Path:
         return self.snapshot_dir(snapshot_id) / "stack.log"
+
+    def stack_idle(self, snapshot_id: int) -> Path:
+        return self.snapshot_dir(snapshot_id) / "stack.idle"
 
     def create_base(self) -> None:
         """The roots and their ``snapshots/`` and ``trash/``, private to root (also if they already existed)."""

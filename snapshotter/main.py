@@ -9,6 +9,9 @@ Settings come from a TOML file (``--config``) and the command line, the command 
     erofsfuse = "/usr/local/bin/erofsfuse"      # optional: default is next to this Python, then PATH
     mkfs_erofs = "mkfs.erofs"
     socket_group = "containerd"  # optional: the socket is 0660 and owned by this group, not 0600
+    fuse_idle_seconds = 300      # fuse mode: how long a chain's daemon stays up after its last snapshot goes
+    fuse_idle_max = 4            # ... how many daemons may be idle at once (the longest idle stops first)
+    fuse_idle_memory_mib = 512   # ... and how much memory they may hold together
     log_level = "info"
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import grp
 import logging
+import math
 import os
 import signal
 import sys
@@ -26,11 +30,13 @@ from pathlib import Path
 from erofsfuse import __version__
 
 from .core import open_snapshotter
+from .idle import MIB, IdlePolicy
 from .planner import Mode
 from .service import serve
 
 log = logging.getLogger("erofs-snapshotter")
 
+IDLE = IdlePolicy()
 DEFAULTS = {
     "root": "/var/lib/erofs-snapshotter",
     "address": "/run/erofs-snapshotter/snapshotter.sock",
@@ -39,8 +45,12 @@ DEFAULTS = {
     "erofsfuse": None,
     "mkfs_erofs": "mkfs.erofs",
     "socket_group": None,
+    "fuse_idle_seconds": f"{IDLE.seconds:g}",
+    "fuse_idle_max": str(IDLE.max_daemons),
+    "fuse_idle_memory_mib": str(IDLE.max_memory // MIB),
     "log_level": "info",
 }
+NUMBERS = {"fuse_idle_seconds": float, "fuse_idle_max": int, "fuse_idle_memory_mib": int}
 
 
 def parse_settings(argv: list[str] | None = None) -> dict[str, str | None]:
@@ -57,6 +67,15 @@ def parse_settings(argv: list[str] | None = None) -> dict[str, str | None]:
     parser.add_argument("--mkfs-erofs", dest="mkfs_erofs", help="mkfs.erofs executable")
     parser.add_argument("--socket-group", dest="socket_group",
                         help="group (name or id) that may use the socket too (mode 0660; default: root only, 0600)")
+    parser.add_argument("--fuse-idle-seconds", dest="fuse_idle_seconds", metavar="SECONDS",
+                        help="fuse mode: keep a chain's erofsfuse daemon up this long after its last snapshot goes, "
+                             "so the next container on the image finds it warm "
+                             f"(default {DEFAULTS['fuse_idle_seconds']}; 0 stops it at once)")
+    parser.add_argument("--fuse-idle-max", dest="fuse_idle_max", metavar="N",
+                        help=f"at most this many idle daemons (default {DEFAULTS['fuse_idle_max']})")
+    parser.add_argument("--fuse-idle-memory-mib", dest="fuse_idle_memory_mib", metavar="MIB",
+                        help=f"idle daemons hold at most this much memory together (default "
+                             f"{DEFAULTS['fuse_idle_memory_mib']})")
     parser.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     settings: dict[str, str | None] = dict(DEFAULTS)
@@ -70,6 +89,13 @@ def parse_settings(argv: list[str] | None = None) -> dict[str, str | None]:
     settings.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
     if settings["mode"] not in {m.value for m in Mode}:
         parser.error(f"mode must be one of {', '.join(m.value for m in Mode)}")
+    for key, kind in NUMBERS.items():
+        try:
+            value = kind(str(settings[key]))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError
+        except ValueError:
+            parser.error(f"{key} must be a {'whole ' if kind is int else ''}number of 0 or more, not {settings[key]!r}")
     if settings["socket_group"] is not None:
         try:
             settings["socket_group"] = str(group_id(str(settings["socket_group"])))
@@ -94,6 +120,11 @@ def stop_signal_pipe() -> int:
     return read_end
 
 
+def idle_policy(settings: dict[str, str | None]) -> IdlePolicy:
+    return IdlePolicy(float(str(settings["fuse_idle_seconds"])), int(str(settings["fuse_idle_max"])),
+                      int(str(settings["fuse_idle_memory_mib"])) * MIB)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
     logging.basicConfig(level=str(settings["log_level"]).upper(), stream=sys.stderr,
@@ -102,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     writable = settings["writable_root"]
     snapshotter = open_snapshotter(Path(str(settings["root"])), Mode(settings["mode"]),
                                    writable_root=Path(writable) if writable else None,
-                                   erofsfuse=settings["erofsfuse"], mkfs=str(settings["mkfs_erofs"]))
+                                   erofsfuse=settings["erofsfuse"], mkfs=str(settings["mkfs_erofs"]),
+                                   idle=idle_policy(settings))
     group = settings["socket_group"]
     server = serve(snapshotter, Path(str(settings["address"])), group=int(group) if group else None)
     signum = os.read(wake, 1)[0]
-    log.info("%s: stopping; layer mounts stay for running containers", signal.Signals(signum).name)
+    log.info("%s: stopping; layer mounts stay for running containers, idle erofsfuse daemons until the next start "
+             "finds their time up", signal.Signals(signum).name)
     server.stop(grace=10).wait()
     Path(str(settings["address"])).unlink(missing_ok=True)
     snapshotter.close()

@@ -44,10 +44,15 @@ class Env:
     mode: str
 
 
+# Unused erofsfuse daemons stop at once, so the tests of reference counting see them go with their last
+# snapshot; test_idle_daemons.py gives them idle time (a later option wins).
+STOP_UNUSED_DAEMONS = ("--fuse-idle-seconds", "0")
+
+
 def start_env(base: Path, mode: str, extra: Sequence[str] = (), environment: Mapping[str, str] | None = None) -> Env:
     root, work = base / "root", base / "work"
     work.mkdir(parents=True)
-    daemon = SnapshotterProcess(root, base / "snapshotter.sock", mode, *extra)
+    daemon = SnapshotterProcess(root, base / "snapshotter.sock", mode, *STOP_UNUSED_DAEMONS, *extra)
     daemon.environment = dict(environment or {})
     daemon.start()
     return Env(Client(daemon.address), daemon, root, work, mode)

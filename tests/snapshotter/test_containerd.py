@@ -53,10 +53,10 @@ def image(tmp_path_factory) -> oci.Image:
 
 
 @contextlib.contextmanager
-def running_stack(base: Path, mode: str) -> Iterator[tuple[containerd.Containerd, SnapshotterProcess]]:
-    """containerd with the snapshotter as its "erofs" proxy plugin."""
+def running_stack(base: Path, mode: str, *extra: str) -> Iterator[tuple[containerd.Containerd, SnapshotterProcess]]:
+    """containerd with the snapshotter (given ``extra`` arguments) as its "erofs" proxy plugin."""
     base.mkdir()
-    snapshotter = SnapshotterProcess(base / "snapshotter", base / "snapshotter.sock", mode)
+    snapshotter = SnapshotterProcess(base / "snapshotter", base / "snapshotter.sock", mode, *extra)
     snapshotter.start()
     daemon = containerd.Containerd(base, snapshotter.address)
     try:

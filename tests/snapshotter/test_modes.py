@@ -10,6 +10,7 @@ import pytest
 
 from snapshotter import core
 from snapshotter.errors import MountError
+from snapshotter.idle import IdlePolicy
 from snapshotter.layout import Layout
 from snapshotter.metadata import Kind
 from snapshotter.planner import MODE_LABEL, MODE_REASON_LABEL, Mode
@@ -38,7 +39,7 @@ def test_auto_picks_the_kernel_where_it_can(tmp_path: Path) -> None:
 @needs_erofsfuse
 def test_auto_falls_back_to_fuse_when_the_kernel_refuses_a_layer(tmp_path: Path, monkeypatch) -> None:
     """The kernel on this host mounts every image mkfs.erofs makes, so its refusal of one layer is simulated."""
-    snap = core.Snapshotter(Layout(tmp_path / "root"), Mode.AUTO)
+    snap = core.Snapshotter(Layout(tmp_path / "root"), Mode.AUTO, idle=IdlePolicy(seconds=0))  # stops unused daemons
     refused = []
     real_mount = core.mount_erofs
 
