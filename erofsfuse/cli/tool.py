@@ -25,12 +25,14 @@ from ..erofs.fsverity import file_digest
 from ..erofs.image import ErofsImage
 from ..erofs.inode import Inode
 from ..erofs.stream import chunks
+from ..erofs.tarcheck import compare_layer, read_layer
 from ..erofs.verity import DEFAULT_SALT_SIZE, VerifiedFile, VerityParams, format_tree
 from .extract import extract
 from .fsck import Problem, check
 from .progress import Progress
 
 EXIT_OK, EXIT_FAILED = 0, 1  # argparse itself exits with 2 on a usage error
+DIFFERENCES_SHOWN = 20
 _EPOCH = datetime.datetime(1970, 1, 1)
 
 
@@ -206,6 +208,22 @@ def cmd_fsck(img: ErofsImage, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(img: ErofsImage, args: argparse.Namespace) -> int:
+    with Progress("reading layer", os.path.getsize(args.layer)) as progress:
+        layer = read_layer(args.layer, progress.advance)
+    with Progress("comparing", len(layer.paths)) as progress:
+        differences = compare_layer(img, layer, progress.advance)
+    for difference in differences[:DIFFERENCES_SHOWN]:
+        emit(difference.path + b":", difference.message)
+    if len(differences) > DIFFERENCES_SHOWN:
+        emit(f"... and {len(differences) - DIFFERENCES_SHOWN} more")
+    if differences:
+        print(f"erofstool: {args.image}: {len(differences)} difference(s) from {args.layer}", file=sys.stderr)
+        return EXIT_FAILED
+    emit(f"{args.image}: identical to {args.layer}, {len(layer.paths)} paths, {layer.file_bytes} bytes of file data")
+    return EXIT_OK
+
+
 # -- proofs: these take any file, not only an EROFS image ----------------------
 def cmd_verity_format(args: argparse.Namespace) -> int:
     params = _verity_params(args, os.urandom(DEFAULT_SALT_SIZE), uuid.uuid4().bytes)
@@ -367,6 +385,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         ("getfattr", cmd_getfattr, "every xattr of a path, as getfattr -d -m - -e hex shows them"),
         ("extract", cmd_extract, "copy the image (or PATH in it) to DEST, keeping all metadata"),
         ("fsck", cmd_fsck, "read and check every inode, directory, xattr and data byte"),
+        ("verify", cmd_verify, "check that the image holds exactly the content of an OCI layer tarball"),
     ]
     parsers = {}
     for name, handler, text in commands:
@@ -374,6 +393,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         p.set_defaults(handler=_on_image(handler))
         if name == "ls":
             p.add_argument("-l", dest="long", action="store_true", help="long listing")
+        if name == "verify":
+            p.add_argument("--layer", required=True, metavar="TARBALL",
+                           help="the layer tarball (plain, gzip or zstd)")
         if name == "extract":
             p.add_argument("dest", metavar="DEST", help="a new directory, or an empty one")
         if name in ("ls", "extract"):

@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Iterator
 
 from ..erofs.cache import SizedLRU
 from ..erofs.errors import CorruptImage, ErofsError, NoSuchAttribute
 from ..erofs.image import ErofsImage
 from ..erofs.inode import Inode
+from ..erofs.overlay import OPAQUE_XATTRS, is_whiteout
 from .tree import LAYER_SHIFT, METABOX_BIT, ROOT_INO, FsStats, Node, Tree, image_stats
 
 PRIVATE_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
-OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
 
 
 class StackFileError(ErofsError):
@@ -94,10 +93,6 @@ def path_in_image(img: ErofsImage, directory: Inode) -> list[bytes]:
         directory = parent
     names.reverse()
     return names
-
-
-def is_whiteout(ino: Inode) -> bool:
-    return stat.S_ISCHR(ino.mode) and ino.rdev == 0
 
 
 class StackTree(Tree):
