@@ -8,7 +8,6 @@ the record of what is mounted, so a restarted snapshotter finds the mounts its p
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -16,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from erofsfuse.host import mounting
 from erofsfuse.host.mountinfo import MountInfo, mount_table
 
 from .errors import MountError
@@ -23,45 +23,29 @@ from .planner import HostCapabilities
 
 log = logging.getLogger(__name__)
 
-MS_RDONLY = 0x1
-MNT_DETACH = 0x2
 CAP_SYS_ADMIN = 21
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
-    if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def mount_erofs(blob: Path, target: Path) -> None:
     """Mount a layer blob read-only: file-backed where the kernel can (6.12+), else through a loop device."""
     try:
-        _mount(str(blob), str(target), "erofs", MS_RDONLY, "")
-        return
-    except OSError as exc:
-        if exc.errno != errno.ENOTBLK:
-            raise MountError(f"kernel refused layer {blob}: {exc.strerror}") from exc
-    # mount(8) attaches an auto-clearing loop device, released with the mount.
-    proc = subprocess.run(["mount", "-t", "erofs", "-o", "ro,loop", str(blob), str(target)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise MountError(f"kernel refused layer {blob} (loop device): {proc.stderr.strip()}")
+        mounting.mount_erofs(blob, target)
+    except mounting.MountError as exc:
+        raise MountError(f"kernel refused layer {blob}: {os.strerror(exc.errno)}") from exc
 
 
 def unmount(target: Path) -> None:
     """Detach a mount; it goes away once nothing uses it (a FUSE daemon exits then)."""
-    if _libc.umount2(str(target).encode(), MNT_DETACH) == 0:
-        return
-    err = ctypes.get_errno()
-    if err == errno.EINVAL:  # not a mount point (any more)
-        return
-    if err == errno.EPERM and shutil.which("fusermount3"):  # an unprivileged FUSE mount
-        proc = subprocess.run(["fusermount3", "-u", "-z", str(target)], capture_output=True, text=True)
-        if proc.returncode == 0:
+    try:
+        mounting.unmount(target)
+    except mounting.MountError as exc:
+        if exc.errno == errno.EINVAL:  # not a mount point (any more)
             return
-    raise MountError(f"cannot unmount {target}: {os.strerror(err)}")
+        if exc.errno == errno.EPERM and shutil.which("fusermount3"):  # an unprivileged FUSE mount
+            proc = subprocess.run(["fusermount3", "-u", "-z", str(target)], capture_output=True, text=True)
+            if proc.returncode == 0:
+                return
+        raise MountError(f"cannot unmount {target}: {os.strerror(exc.errno)}") from exc
 
 
 def mounts_under(base: Path) -> list[MountInfo]:

@@ -1,36 +1,22 @@
-"""Kernel mounts used as the oracle: EROFS file-backed mounts and overlayfs."""
+"""Kernel mounts used as the oracle: EROFS (file-backed, or on loop devices where the kernel wants a block
+device, as for images on tmpfs) and overlayfs, all made by the project's one mount helper."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import tempfile
 
-MS_RDONLY = 1
-MNT_DETACH = 2
-_libc = ctypes.CDLL(None, use_errno=True)
+from erofsfuse.host.mounting import MNT_DETACH, MS_RDONLY, mount, mount_erofs
+from erofsfuse.host.mounting import unmount as umount
 
-
-def mount(source: str, target: str, fstype: str, flags: int = 0, options: str = "") -> None:
-    """mount(2) directly: with a regular file as source, EROFS mounts it file-backed."""
-    rc = _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, options.encode() or None)
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount -t {fstype} {source} {target} -o {options}: {os.strerror(err)}")
-
-
-def umount(target: str) -> None:
-    if _libc.umount2(target.encode(), MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"umount {target}: {os.strerror(err)}")
+__all__ = ["MNT_DETACH", "MS_RDONLY", "erofs_mount", "mount", "overlay_mount", "umount"]
 
 
 @contextlib.contextmanager
 def erofs_mount(image: str, devices: list[str] = ()):
     """Mount ``image`` read-only with the kernel's EROFS driver; yields the mountpoint."""
     with tempfile.TemporaryDirectory(prefix="kerofs-") as mnt:
-        mount(image, mnt, "erofs", MS_RDONLY, ",".join(f"device={d}" for d in devices))
+        mount_erofs(image, mnt, devices)
         try:
             yield mnt
         finally:
@@ -41,8 +27,7 @@ def erofs_mount(image: str, devices: list[str] = ()):
 def overlay_mount(lowerdirs: list[str]):
     """A read-only overlay of ``lowerdirs`` (bottom first); yields the mountpoint."""
     with tempfile.TemporaryDirectory(prefix="kovl-") as mnt:
-        lower = ":".join(reversed(lowerdirs))
-        mount("overlay", mnt, "overlay", MS_RDONLY, f"lowerdir={lower}")
+        mount("overlay", mnt, "overlay", MS_RDONLY, [f"lowerdir={':'.join(reversed(lowerdirs))}"])
         try:
             yield mnt
         finally:

@@ -9,7 +9,6 @@ them. The serving code is the same as in background mode.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import subprocess
@@ -19,14 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from erofsfuse.host import mounting
 from erofsfuse.host.mountinfo import mount_table
 
 from .images import Image
 
-MS_RDONLY = 1
-MNT_DETACH = 2
 MOUNT_TIMEOUT = 60.0
-_libc = ctypes.CDLL(None, use_errno=True)
 
 KERNEL, EROFSFUSE, EROFS_UTILS, SQUASHFUSE = "kernel", "erofsfuse", "erofs-utils", "squashfuse"
 READER_NAMES = (KERNEL, EROFSFUSE, EROFS_UTILS, SQUASHFUSE)
@@ -95,7 +92,7 @@ def find_erofs_utils_fuse() -> str | None:
 def available_readers() -> tuple[dict[str, Reader], dict[str, str]]:
     """Every reader this machine has, and why each missing one is missing."""
     readers = {
-        KERNEL: Reader(KERNEL, "erofs", "kernel EROFS, file-backed mount(2)"),
+        KERNEL: Reader(KERNEL, "erofs", "kernel EROFS, file-backed (a loop device where the kernel refuses the file)"),
         EROFSFUSE: Reader(EROFSFUSE, "erofs", f"this project: {Path(sys.executable).name} -m erofsfuse.cli.mount",
                           (sys.executable, "-m", "erofsfuse.cli.mount")),
     }
@@ -122,15 +119,10 @@ def is_mounted(mountpoint: Path) -> bool:
     return str(mountpoint.resolve()) in mounted_points()
 
 
-def syscall_mount(source: Path, target: Path, fstype: str, flags: int) -> None:
-    """mount(2) itself: given a regular file, EROFS mounts it file-backed, no loop device."""
-    if _libc.mount(bytes(source), bytes(target), fstype.encode(), flags, None) != 0:
-        err = ctypes.get_errno()
-        raise MountError(f"mount -t {fstype} {source} {target}: {os.strerror(err)}")
-
-
-def syscall_umount(target: Path, flags: int = 0) -> bool:
-    return _libc.umount2(bytes(target), flags) == 0
+def detach(target: Path) -> None:
+    """Unmount lazily, whatever still uses the mount (the last resort)."""
+    with contextlib.suppress(mounting.MountError):
+        mounting.unmount(target)
 
 
 def kill_leftover_daemons() -> int:
@@ -147,14 +139,14 @@ def detach_everything_under(root: Path) -> list[str]:
     prefix = str(root.resolve()) + os.sep
     stale = [p for p in mounted_points() if p.startswith(prefix)]
     for point in reversed(stale):
-        syscall_umount(Path(point), MNT_DETACH)
+        detach(Path(point))
     return stale
 
 
 # -- mounting -----------------------------------------------------------------------------
 def kernel_mount(image: Path, mountpoint: Path) -> Mount:
     start = time.perf_counter()
-    syscall_mount(image, mountpoint, "erofs", MS_RDONLY)
+    mounting.mount_erofs(image, mountpoint)
     os.stat(mountpoint)
     return Mount(mountpoint, time.perf_counter() - start)
 
@@ -202,8 +194,10 @@ def tail(log: Path, lines: int = 3) -> str:
 def stop(mount: Mount) -> None:
     """Unmount and make sure no daemon is left behind, escalating as needed."""
     if mount.daemon is None:
-        if not syscall_umount(mount.mountpoint):
-            syscall_umount(mount.mountpoint, MNT_DETACH)
+        try:
+            mounting.unmount(mount.mountpoint, detach=False)
+        except mounting.MountError:
+            detach(mount.mountpoint)
         return
     subprocess.run(["fusermount3", "-u", str(mount.mountpoint)], capture_output=True, check=False, timeout=60)
     try:
@@ -216,7 +210,7 @@ def stop(mount: Mount) -> None:
             mount.daemon.kill()
             mount.daemon.wait()
     if is_mounted(mount.mountpoint):
-        syscall_umount(mount.mountpoint, MNT_DETACH)
+        detach(mount.mountpoint)
 
 
 @contextlib.contextmanager
@@ -225,7 +219,7 @@ def mounted(reader: Reader, image: Image, mountpoint: Path, log_dir: Path) -> It
     mountpoint.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     if is_mounted(mountpoint):
-        syscall_umount(mountpoint, MNT_DETACH)
+        detach(mountpoint)
     if reader.is_kernel:
         mount = kernel_mount(image.path, mountpoint)
     else:

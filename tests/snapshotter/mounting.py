@@ -1,51 +1,31 @@
 """Mounting what a snapshotter returns, the way containerd's mount.All does on Linux.
 
 * ``bind`` with ``rbind``/``bind``, then a read-only remount for ``ro``;
-* ``overlay`` with the options as data; when they do not fit in a page (128 layers of absolute paths),
-  the mount is done from the lowerdirs' common parent with relative paths, as containerd does.
+* ``overlay`` with the options as data. Options longer than a page (128 layers of absolute paths) are
+  mounted by the project's mount helper one option at a time; containerd mounts them from the lowerdirs'
+  common parent with relative paths instead, which shows the same tree.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from erofsfuse.host.mountinfo import MountInfo, mount_table
-from tests.kernel import MNT_DETACH, MS_RDONLY, _libc, mount, umount
-
-MS_REMOUNT = 0x20
-MS_BIND = 0x1000
-MS_REC = 0x4000
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _compact_overlay(options: list[str]) -> tuple[list[str], str | None]:
-    """Overlay options with lowerdirs relative to their common parent, and that parent."""
-    lower_index = next(i for i, o in enumerate(options) if o.startswith("lowerdir="))
-    lowers = options[lower_index].removeprefix("lowerdir=").split(":")
-    common = os.path.commonpath([os.path.dirname(p) for p in lowers])
-    relative = [os.path.relpath(p, common) for p in lowers]
-    return [*options[:lower_index], "lowerdir=" + ":".join(relative), *options[lower_index + 1:]], common
+from erofsfuse.host.mounting import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, MountError, mount, unmount
 
 
 def mount_one(kind: str, source: str, options: Sequence[str], target: Path) -> None:
     options = list(options)
     if kind == "bind":
         flags = MS_BIND | (MS_REC if "rbind" in options else 0)
-        mount(source, str(target), "none", flags)
+        mount(source, target, "none", flags)
         if "ro" in options:
-            mount("none", str(target), "none", flags | MS_REMOUNT | MS_RDONLY)
+            mount("none", target, "none", flags | MS_REMOUNT | MS_RDONLY)
         return
     flags = MS_RDONLY if "ro" in options else 0
-    data = [o for o in options if o not in ("ro", "rw")]
-    if kind == "overlay" and len(",".join(data)) >= PAGE_SIZE:
-        data, cwd = _compact_overlay(data)
-        cmd = ["mount", "-t", "overlay", "-o", ",".join(data + (["ro"] if flags else [])), source, str(target)]
-        subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
-        return
-    mount(source, str(target), kind, flags, ",".join(data))
+    mount(source, target, kind, flags, [o for o in options if o not in ("ro", "rw")])
 
 
 def mount_all(mounts: Sequence, target: Path) -> None:
@@ -56,11 +36,9 @@ def mount_all(mounts: Sequence, target: Path) -> None:
 
 def unmount_all(target: Path) -> None:
     """Unmount everything stacked on ``target``."""
-    while True:
-        try:
-            umount(str(target))
-        except OSError:
-            return
+    with contextlib.suppress(MountError):
+        while True:
+            unmount(target)
 
 
 def mounts_below(base: Path) -> list[MountInfo]:
@@ -70,7 +48,6 @@ def mounts_below(base: Path) -> list[MountInfo]:
 
 def unmount_below(base: Path) -> None:
     """Detach every mount at or below ``base`` (deepest first): test teardown never deletes through a mount."""
-    targets = {str(m.target) for m in mounts_below(base)}
-    for t in sorted(targets, key=len, reverse=True):
-        while _libc.umount2(t.encode(), MNT_DETACH) == 0:  # mounts may be stacked
-            pass
+    targets = {m.target for m in mounts_below(base)}
+    for target in sorted(targets, key=lambda t: len(str(t)), reverse=True):
+        unmount_all(target)
