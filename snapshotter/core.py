@@ -432,6 +432,7 @@ class Snapshotter:
 
 
 def open_snapshotter(root: Path, mode: Mode, *, writable_root: Path | None = None, erofsfuse: str | None = None,
-                     mkfs: str = "mkfs.erofs", idle: IdlePolicy | None = None) -> Snapshotter:
+                     mkfs: str = "mkfs.erofs", idle: IdlePolicy | None = None,
+                     host: HostCapabilities | None = None) -> Snapshotter:
     return Snapshotter(Layout(root.resolve(), writable_root.resolve() if writable_root else None), mode,
-                       erofsfuse=erofsfuse, mkfs=mkfs, idle=idle)
+                       host=host, erofsfuse=erofsfuse, mkfs=mkfs, idle=idle)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from erofsfuse.fuse.failover import KEEPER_NAME, WORKER_NAME
+from erofsfuse.host.credentials import shares_mount_namespace
 
 from .errors import MountError
 from .idle import boot_clock
@@ -93,8 +94,10 @@ class DaemonProcesses:
     workers: tuple[int, ...]
 
 
-def daemon_processes(mountpoints: Iterable[Path]) -> dict[Path, DaemonProcesses]:
-    """Find the erofsfuse processes of each mountpoint (one pass over /proc).
+def daemon_processes(mountpoints: Iterable[Path], *, elsewhere: bool = False) -> dict[Path, DaemonProcesses]:
+    """Find the erofsfuse processes of each mountpoint (one pass over /proc): those of this mount namespace,
+    or with ``elsewhere`` those serving the same path in another one, which this process can neither see nor
+    unmount (a snapshotter started anew by a restarted rootlesskit lives in a new mount namespace).
 
     Keepers and workers name themselves (``erofsfuse-keep``, ``erofsfuse``); both carry the command line
     that started them, which names the mountpoint.
@@ -112,6 +115,8 @@ def daemon_processes(mountpoints: Iterable[Path]) -> dict[Path, DaemonProcesses]
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 args = f.read().split(b"\0")
+            if not wanted.keys() & args or shares_mount_namespace(entry) is elsewhere:
+                continue
         except OSError:
             continue
         for raw, mountpoint in wanted.items():
@@ -133,6 +138,16 @@ def resident_memory(processes: DaemonProcesses) -> int:
         except OSError:
             continue
     return total
+
+
+def start_failure(log_path: Path, start: int) -> str:
+    """Why erofsfuse did not start, from what it wrote to its log from offset ``start`` on: the line the command
+    prints for it (``erofsfuse: REASON``) rather than what its processes logged before; the tail if there is none."""
+    with open(log_path, "rb") as f:
+        f.seek(start)
+        written = f.read().decode(errors="replace")
+    reasons = [line.removeprefix("erofsfuse: ") for line in written.splitlines() if line.startswith("erofsfuse: ")]
+    return reasons[-1] if reasons else written[-2000:].strip()
 
 
 class FuseDaemons:
@@ -188,6 +203,7 @@ class FuseDaemons:
             unmount(mountpoint)
         if not self.binary:
             raise MountError("fuse mode needs erofsfuse, which is not installed")
+        self.report_elsewhere(top, mountpoint)
         make_dir(mountpoint, 0o755)
         stack_file = self.layout.stack_file(top)
         write_file(stack_file, json.dumps(stack_document(chain, self.layout), indent=1).encode(), 0o644)
@@ -196,6 +212,7 @@ class FuseDaemons:
         # erofsfuse returns once the mount is live and keeps serving in the background, in its own session;
         # its output goes to the same log file (a pipe could stay open in the background daemon).
         logfile = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_MODE)
+        log_start = os.fstat(logfile).st_size
         try:
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
                                   timeout=START_TIMEOUT, start_new_session=True)
@@ -204,11 +221,20 @@ class FuseDaemons:
         finally:
             os.close(logfile)
         if proc.returncode != 0 or top not in self.running():
-            tail = log_path.read_text(errors="replace")[-2000:].strip()
-            raise MountError(f"erofsfuse for chain {top} failed (exit {proc.returncode}): {tail}")
+            raise MountError(f"erofsfuse for chain {top} failed (exit {proc.returncode}): "
+                             f"{start_failure(log_path, log_start)}")
         self.clear_idle(top)  # left by a daemon that was mounted here before (and died)
         log.info("started erofsfuse for chain %d (%d layers) at %s", top, len(chain), mountpoint)
         return mountpoint
+
+    def report_elsewhere(self, top: int, mountpoint: Path) -> None:
+        """Say so when a daemon for this chain serves in another mount namespace: this one gets its own."""
+        found = daemon_processes([mountpoint], elsewhere=True)[mountpoint]
+        if found.keeper is not None or found.workers:
+            log.warning("erofsfuse for chain %d also runs in another mount namespace (keeper %s, workers %s), which "
+                        "this snapshotter cannot see or stop (it was started in a new one, as a restarted rootlesskit "
+                        "does): it serves the containers started there until they end; starting one for this "
+                        "namespace", top, found.keeper, list(found.workers))
 
     def stop(self, top: int, mountpoint: Path, reason: str) -> None:
         """Unmount a stack; its daemon exits as soon as nothing (no container overlay) holds the mount."""

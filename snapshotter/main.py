@@ -25,12 +25,16 @@ import os
 import signal
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 from erofsfuse import __version__
 
 from .core import open_snapshotter
+from .daemons import find_erofsfuse
+from .hostcheck import UnusableMode, check_mode
 from .idle import MIB, IdlePolicy
+from .mounts import host_capabilities
 from .planner import Mode
 from .service import serve
 
@@ -53,9 +57,12 @@ DEFAULTS = {
 NUMBERS = {"fuse_idle_seconds": float, "fuse_idle_max": int, "fuse_idle_memory_mib": int}
 
 
-def parse_settings(argv: list[str] | None = None) -> dict[str, str | None]:
+def parse_settings(argv: list[str] | None = None,
+                   defaults: Mapping[str, str | None] = DEFAULTS) -> dict[str, str | None]:
     parser = argparse.ArgumentParser(prog="erofs-snapshotter", description=(
-        "containerd snapshotter keeping layers as EROFS blobs, mounted with the kernel or erofsfuse"))
+        "containerd snapshotter keeping layers as EROFS blobs, mounted with the kernel or erofsfuse"),
+        epilog="erofs-snapshotter rootless [...] starts containerd and the snapshotter for a user without root "
+               "(see erofs-snapshotter rootless --help)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", type=Path, help="TOML file with the settings below")
     parser.add_argument("--root", help=f"state directory (default {DEFAULTS['root']})")
@@ -78,7 +85,7 @@ def parse_settings(argv: list[str] | None = None) -> dict[str, str | None]:
                              f"{DEFAULTS['fuse_idle_memory_mib']})")
     parser.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
-    settings: dict[str, str | None] = dict(DEFAULTS)
+    settings: dict[str, str | None] = dict(defaults)
     if args.config:
         with open(args.config, "rb") as f:
             from_file = tomllib.load(f)
@@ -126,15 +133,26 @@ def idle_policy(settings: dict[str, str | None]) -> IdlePolicy:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rootless"]:
+        from .rootless import main as rootless_main  # here: it builds on this module's settings
+
+        return rootless_main(argv[1:])
     settings = parse_settings(argv)
     logging.basicConfig(level=str(settings["log_level"]).upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    mode, host, erofsfuse = Mode(settings["mode"]), host_capabilities(), find_erofsfuse(settings["erofsfuse"])
+    try:
+        check_mode(mode, host, erofsfuse)
+    except UnusableMode as exc:
+        log.error("%s", exc)
+        return 1
     wake = stop_signal_pipe()
     writable = settings["writable_root"]
-    snapshotter = open_snapshotter(Path(str(settings["root"])), Mode(settings["mode"]),
+    snapshotter = open_snapshotter(Path(str(settings["root"])), mode,
                                    writable_root=Path(writable) if writable else None,
-                                   erofsfuse=settings["erofsfuse"], mkfs=str(settings["mkfs_erofs"]),
-                                   idle=idle_policy(settings))
+                                   erofsfuse=erofsfuse, mkfs=str(settings["mkfs_erofs"]),
+                                   idle=idle_policy(settings), host=host)
     group = settings["socket_group"]
     server = serve(snapshotter, Path(str(settings["address"])), group=int(group) if group else None)
     signum = os.read(wake, 1)[0]

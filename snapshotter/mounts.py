@@ -16,15 +16,13 @@ import subprocess
 from pathlib import Path
 
 from erofsfuse.host import mounting
+from erofsfuse.host.credentials import CAP_SYS_ADMIN, has_capability, in_user_namespace
 from erofsfuse.host.mountinfo import MountInfo, mount_table
 
 from .errors import MountError
 from .planner import HostCapabilities
 
 log = logging.getLogger(__name__)
-
-CAP_SYS_ADMIN = 21
-
 
 def mount_erofs(blob: Path, target: Path) -> None:
     """Mount a layer blob read-only: file-backed where the kernel can (6.12+), else through a loop device."""
@@ -63,22 +61,6 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split() != ["0", "0", "4294967295"]
-    except OSError:
-        return False
-
-
-def _has_sys_admin() -> bool:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
-    return False
-
-
 def _erofs_registered() -> bool:
     with open("/proc/filesystems") as f:
         return any(line.split()[-1:] == ["erofs"] for line in f)
@@ -89,4 +71,5 @@ def host_capabilities() -> HostCapabilities:
     if not erofs and shutil.which("modprobe"):
         subprocess.run(["modprobe", "-q", "erofs"], check=False, capture_output=True)  # a module loads on demand
         erofs = _erofs_registered()
-    return HostCapabilities(erofs_in_kernel=erofs, privileged=_has_sys_admin(), in_user_namespace=_user_namespace())
+    return HostCapabilities(erofs_in_kernel=erofs, privileged=has_capability(CAP_SYS_ADMIN),
+                            in_user_namespace=in_user_namespace())

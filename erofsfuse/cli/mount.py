@@ -20,7 +20,6 @@ import logging.handlers
 import os
 import signal
 import socket
-import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from ..fuse.failover import (
 )
 from ..fuse.operations import ErofsOperations
 from ..fuse.tree import Tree, open_tree
+from ..host.fusedevice import fuse_problem
 from ..host.mountinfo import mount_table
 
 log = logging.getLogger("erofsfuse")
@@ -146,16 +146,6 @@ def describe(tree: Tree) -> str:
     return "; ".join(parts)
 
 
-def fuse_problem() -> str | None:
-    """Why FUSE cannot work here, when that can be told before trying."""
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse does not exist (is the fuse module loaded?)"
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
-        return f"/dev/fuse (mode {mode:04o}) is not open to this user; it needs mode 0666 for unprivileged mounts"
-    return None
-
-
 def raise_read_ahead(mountpoint: str) -> None:
     """Let the kernel read ahead 1 MiB at a time (root only: it is a sysfs knob).
 
@@ -252,7 +242,7 @@ def run(args: argparse.Namespace, opts: MountOptions, readiness: Readiness, resu
     ops = ErofsOperations(tree, debug=args.debug, threads=opts.threads, busy_poll=opts.busy_poll_us / 1e6)
     mountpoint = os.path.realpath(args.mountpoint)
     proxy = ConnectionProxy(resume_fd, on_closed=lambda: None) if resume_fd is not None else None
-    if proxy is None and (problem := fuse_problem()):
+    if proxy is None and (problem := fuse_problem(allow_other="allow_other" in fuse_opts)):
         readiness.report(f"cannot mount on {args.mountpoint}: {problem}")
         return 1
     try:

@@ -37,6 +37,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..host.credentials import CAP_SYS_RESOURCE, privileged_in_initial_namespace
+
 log = logging.getLogger("erofsfuse")
 
 FUSE_INIT = 26
@@ -79,7 +81,12 @@ def fuse_device_fd() -> int:
 
 
 def protect_from_oom() -> None:
-    """Ask the OOM killer to spare this process (possible as root only)."""
+    """Ask the OOM killer to spare this process: possible with CAP_SYS_RESOURCE in the initial user namespace
+    only, so not attempted elsewhere (a rootless daemon would log a warning for every start of every worker)."""
+    if not privileged_in_initial_namespace(CAP_SYS_RESOURCE):
+        log.debug("not protecting process %d from the OOM killer: not privileged in the initial user namespace",
+                  os.getpid())
+        return
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("-1000")
