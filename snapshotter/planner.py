@@ -18,6 +18,8 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from erofsfuse.fuse.stackfile import StackFile, StackLayer
+
 from .layout import Layout
 from .metadata import Kind
 
@@ -138,5 +140,5 @@ def required_mounts(uses: Iterable[ChainUse]) -> RequiredMounts:
 
 
 def stack_document(chain: Sequence[int], layout: Layout) -> dict:
-    """The erofsfuse stack file for ``chain`` (nearest first): layers bottom first."""
-    return {"layers": [{"image": str(layout.blob(i)), "snapshot_id": i} for i in reversed(chain)]}
+    """The erofsfuse stack file for ``chain`` (nearest first), as JSON: layers bottom first."""
+    return StackFile(tuple(StackLayer(str(layout.blob(i))) for i in reversed(chain))).to_document()

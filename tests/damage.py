@@ -8,32 +8,30 @@ import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from erofsfuse.erofs import _zmap
 from erofsfuse.erofs import ondisk as d
+from erofsfuse.erofs.data import CompressedExtent, Placement
 from erofsfuse.erofs.image import ErofsImage
 from erofsfuse.erofs.inode import Inode
 from erofsfuse.erofs.superblock import kernel_crc32c
 
 from . import corpus
 
-Extent = tuple[int, int, int, int, int, int]  # la, llen, pa, plen, algorithm, flags, as the map gives them
 
-
-def stored_pclusters(img: ErofsImage) -> Iterator[tuple[bytes, Inode, Extent]]:
+def stored_pclusters(img: ErofsImage) -> Iterator[tuple[bytes, Inode, CompressedExtent]]:
     """``(path, inode, extent)`` for every pcluster of a compressed file that lies on the device (not inline)."""
     for path, ino in img.walk():
         if ino.is_reg and ino.compressed and ino.size:
-            for ext in img.reader.compressed_map(ino).map_range(0, ino.size):
-                if ext[5] & _zmap.MAPPED and not ext[5] & _zmap.INLINE:
+            for ext in img.extents(ino):
+                if ext.placement is Placement.DEVICE:
                     yield path, ino, ext
 
 
-def largest_pcluster(img: ErofsImage, accept: Callable[[Extent], bool] = lambda ext: True,
-                     ) -> tuple[bytes, Inode, Extent]:
+def largest_pcluster(img: ErofsImage, accept: Callable[[CompressedExtent], bool] = lambda ext: True,
+                     ) -> tuple[bytes, Inode, CompressedExtent]:
     """The largest stored pcluster among those ``accept`` takes (the first such if several tie)."""
     found = [candidate for candidate in stored_pclusters(img) if accept(candidate[2])]
     assert found, "the image has no stored pcluster of the kind asked for"
-    return max(found, key=lambda candidate: candidate[2][3])
+    return max(found, key=lambda candidate: candidate[2].plen)
 
 
 def patch(path: str | Path, offset: int, data: bytes) -> None:

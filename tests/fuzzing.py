@@ -34,8 +34,8 @@ import time
 import traceback
 from pathlib import Path
 
-from erofsfuse.erofs import _zmap
 from erofsfuse.erofs import ondisk as d
+from erofsfuse.erofs.data import Placement
 from erofsfuse.erofs.errors import ErofsError
 from erofsfuse.erofs.image import ErofsImage
 from erofsfuse.fuse.tree import ImageTree, Node
@@ -82,11 +82,10 @@ def _ranges_of(img: ErofsImage) -> list[tuple[int, int]]:
         if ino.is_dir and ino.startblk != d.NULL_ADDR and not ino.compressed:
             ranges.append((ino.startblk << bits, min(ino.size, 1 << bits)))
         if ino.compressed and ino.size:
-            cmap = img.reader.compressed_map(ino)
-            _, _, pa, plen, _, flags = cmap.map(0)
+            first = img.extent_at(ino, 0)
             ranges.append((d.round_up(ino.data_start, 8), 64))
-            if flags & _zmap.MAPPED and plen and not flags & _zmap.INLINE:
-                ranges.append((pa, min(plen, 64)))
+            if first.placement is Placement.DEVICE and first.plen:
+                ranges.append((first.pa, min(first.plen, 64)))
     return ranges
 
 
@@ -149,7 +148,7 @@ def exercise(path: str, devices: list[str], op_seconds: float) -> None:
 
 def _operations(img: ErofsImage, ino) -> list:
     """Everything a reader may ask about one inode."""
-    calls = [lambda: img.stat(ino), lambda: img.xattrs.items(ino), lambda: img.getxattr(ino, b"user.x"),
+    calls = [lambda: img.stat(ino), lambda: img.xattrs(ino), lambda: img.getxattr(ino, b"user.x"),
              lambda: _read_all(img, ino)]
     if ino.is_symlink:
         calls.append(lambda: img.readlink(ino))

@@ -15,7 +15,6 @@ import lz4.block
 import pytest
 import pyzstd
 
-from erofsfuse.erofs import _zmap
 from erofsfuse.erofs import data as data_module
 from erofsfuse.erofs import ondisk as d
 from erofsfuse.erofs.errors import CorruptImage
@@ -25,10 +24,6 @@ from . import corpus
 from .damage import largest_pcluster, patch
 
 COMPRESSED = corpus.image_names(corpus.is_compressed)
-
-
-def extents(img: ErofsImage, ino) -> list[tuple[int, int, int, int, int, int]]:
-    return img.reader.compressed_map(ino).map_range(0, ino.size)
 
 
 def probe_ranges(size: int, bounds: list[int], rng: random.Random) -> list[tuple[int, int]]:
@@ -61,7 +56,7 @@ def test_range_reads_match_whole_file(name):
                 continue
             content = whole.read(ino, 0, ino.size)
             assert hashlib.sha256(content).hexdigest() == m[os.fsdecode(path)]["sha256"]
-            bounds = sorted({b for la, llen, *_ in extents(whole, ino) for b in (la, la + llen)})
+            bounds = sorted({b for la, llen, *_ in whole.extents(ino) for b in (la, la + llen)})
             fino = fresh.inode(ino.nid)
             for start, length in probe_ranges(ino.size, bounds, rng):
                 assert fresh.read(fino, start, length) == content[start : start + length], (path, start, length)
@@ -104,7 +99,7 @@ def _replace_pcluster(src: str, dst: Path, stream_for) -> tuple[int, int]:
     with ErofsImage(src) as img:
         alg = d.COMPRESSION_ZSTD if img.sb.available_algorithms & (1 << d.COMPRESSION_ZSTD) else d.COMPRESSION_LZ4
         _, ino, (la, llen, pa, plen, _, _) = largest_pcluster(
-            img, lambda ext: ext[4] == alg and not ext[5] & _zmap.PARTIAL_REF)
+            img, lambda ext: ext.algorithm == alg and not ext.partial)
         stream = stream_for(llen, alg)
         assert len(stream) <= plen, "the replacement must fit the pcluster"
     patch(dst, pa, bytes(plen - len(stream)) + stream)

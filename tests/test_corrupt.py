@@ -18,7 +18,7 @@ import pytest
 
 from erofsfuse.cli.fsck import check
 from erofsfuse.erofs import ondisk as d
-from erofsfuse.erofs.data import INLINE, MAPPED
+from erofsfuse.erofs.data import Placement
 from erofsfuse.erofs.errors import CorruptImage, DeviceError, ErofsError, UnsupportedFeature
 from erofsfuse.erofs.image import ErofsImage
 from erofsfuse.erofs.inode import Inode
@@ -38,10 +38,10 @@ TOOL_SECONDS = 60
 # -- locating and changing bytes ------------------------------------------------------------
 def file_position(img: ErofsImage, ino: Inode, la: int) -> int:
     """Where byte ``la`` of an uncompressed inode lies in the primary file."""
-    ext = img.reader.map_plain(ino, la)
-    assert ext.kind in (MAPPED, INLINE)
+    ext = img.extent_at(ino, la)
+    assert ext.placement in (Placement.DEVICE, Placement.METADATA)
     pos = ext.pa + (la - ext.la)
-    if ext.kind == MAPPED:
+    if ext.placement is Placement.DEVICE:
         dev, pos = img.devices.locate(pos, ext.device_id)
         assert dev is img.devices.primary
     return pos
@@ -51,7 +51,7 @@ def find_dirent(img: ErofsImage, want) -> tuple[bytes, Inode, list, int]:
     """The first directory (path, inode, block entries, index) whose entry ``i`` of block 0 satisfies ``want``."""
     for path, ino in img.walk():
         if ino.is_dir and not ino.compressed:
-            entries = img.dirs.block_entries(ino, 0)
+            entries = img.dirent_block(ino, 0)
             for i in range(len(entries)):
                 if want(img, entries, i):
                     return path, ino, entries, i
@@ -144,7 +144,7 @@ def test_truncated_image(tmp_path):
             metadata_end = max(metadata_end, ino.iloc + ino.isize + ino.xattr_isize)
             if ino.is_dir:
                 metadata_end = max(metadata_end, file_position(img, ino, ino.size - 1) + 1)
-            elif ino.is_reg and ino.size and img.reader.map_plain(ino, 0).kind == MAPPED:
+            elif ino.is_reg and ino.size and img.extent_at(ino, 0).placement is Placement.DEVICE:
                 start = file_position(img, ino, 0)
                 if last is None or start > last[0]:
                     last = (start, name, ino.nid, ino.size)
@@ -166,7 +166,7 @@ def test_a_directory_cut_short_lists_the_blocks_before_the_cut(tmp_path):
         kept = ino.size // block // 2  # a listing reads the directory ahead: the cut falls inside one read
         cut = file_position(img, ino, kept * block)
         assert cut == file_position(img, ino, 0) + kept * block and ino.iloc + ino.isize <= cut
-        before_cut = [entry.name for entry in img.dirs.entries(ino) if entry.offset < kept * block]
+        before_cut = [entry.name for entry in img.dirents(ino) if entry.offset < kept * block]
     os.truncate(path, cut + block // 2)
     with ErofsImage(path) as img:
         tree = ImageTree(img)
@@ -188,8 +188,9 @@ def test_chunk_index_past_the_device_end(name, tmp_path):
     devices = corpus.device_paths(name)
     with ErofsImage(path, devices) as img:
         victim, ino = next((p, i) for p, i in img.walk() if i.layout == d.LAYOUT_CHUNK_BASED and i.size
-                           and i.chunkformat & d.CHUNK_FORMAT_INDEXES and img.reader.map_plain(i, 0).kind == MAPPED)
-        ext = img.reader.map_plain(ino, 0)
+                           and i.chunkformat & d.CHUNK_FORMAT_INDEXES
+                           and img.extent_at(i, 0).placement is Placement.DEVICE)
+        ext = img.extent_at(ino, 0)
         pos = d.round_up(ino.data_start, d.CHUNK_INDEX.size)  # the first chunk index follows the inode
         hi, device_id, lo = d.CHUNK_INDEX.unpack(read_at(path, pos, d.CHUNK_INDEX.size))
         assert (hi << 32 | lo) << img.sb.blkszbits == ext.pa and device_id == ext.device_id
@@ -208,7 +209,7 @@ def test_chunk_index_past_the_device_end(name, tmp_path):
 def test_corrupt_compressed_stream(name, tmp_path):
     path = copy_image(name, tmp_path)
     with ErofsImage(path) as img:
-        victim, ino, (la, llen, pa, plen, _, _) = largest_pcluster(img, lambda ext: ext[4] < d.COMPRESSION_MAX)
+        victim, ino, (la, llen, pa, plen, _, _) = largest_pcluster(img, lambda ext: ext.algorithm < d.COMPRESSION_MAX)
     nid = ino.nid
     patch(path, pa, b"\xff" * plen)
     with ErofsImage(path) as img:
@@ -253,7 +254,7 @@ def test_listings_show_dirents_of_impossible_inodes_as_the_kernel_does(tmp_path)
     assert [e[:2] for e in ours] == [e[:2] for e in kernel]
 
     with ErofsImage(path) as img:
-        rewrite_dirent(path, img, dir_ino, img.dirs.block_entries(dir_ino, 0)[i], nid=(1 << 64) - 1)
+        rewrite_dirent(path, img, dir_ino, img.dirent_block(dir_ino, 0)[i], nid=(1 << 64) - 1)
     log = tmp_path / "daemon.log"
     with fuse_mount(path, options=[f"log={log}"]) as mnt, pytest.raises(subprocess.CalledProcessError) as failed:
         in_new_process(f"list:{mnt}{directory}")

@@ -161,7 +161,7 @@ def _corrupt_one_file(src: str, dst: Path) -> tuple[str, int]:
     """Copy ``src`` and break its largest compressed pcluster; returns (path, nid) of the file it belongs to."""
     shutil.copyfile(src, dst)
     with ErofsImage(src) as img:
-        path, ino, (_, _, pa, plen, _, _) = largest_pcluster(img, lambda ext: ext[4] < d.COMPRESSION_MAX)
+        path, ino, (_, _, pa, plen, _, _) = largest_pcluster(img, lambda ext: ext.algorithm < d.COMPRESSION_MAX)
     patch(dst, pa, bytes(range(256)) * (plen // 256))
     return os.fsdecode(path), ino.nid
 

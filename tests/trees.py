@@ -100,7 +100,7 @@ def describe_image(img: ErofsImage) -> dict[str, dict]:
         out[os.fsdecode(raw_path)] = entry(
             kind, st, ino=st.st_ino, rdev=(st.st_rdev_major, st.st_rdev_minor),
             target=os.fsdecode(img.readlink(ino)) if kind == "symlink" else None,
-            xattrs={os.fsdecode(k): v.hex() for k, v in sorted(img.xattrs.items(ino))},
+            xattrs={os.fsdecode(k): v.hex() for k, v in sorted(img.xattrs(ino))},
             sha256=digest,
             entries=[os.fsdecode(n) for n in img.listdir(ino)] if kind == "dir" else None,
         )

@@ -148,7 +148,7 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 def _finish(img: ErofsImage, target: bytes, ino: Inode) -> None:
     """Owner, xattrs, mode and mtime, in the order that keeps each of them."""
     os.chown(target, ino.uid, ino.gid, follow_symlinks=False)
-    for name, value in img.xattrs.items(ino):
+    for name, value in img.xattrs(ino):
         os.setxattr(target, name, value, follow_symlinks=False)
     if not ino.is_symlink:
         os.chmod(target, stat.S_IMODE(ino.mode))

@@ -139,7 +139,7 @@ class Checker:
         img = self.img
         try:
             img.stat(ino)
-            img.xattrs.items(ino)
+            img.xattrs(ino)
             if ino.is_symlink:
                 img.readlink(ino)
             elif ino.is_reg:
@@ -151,9 +151,8 @@ class Checker:
     # -- directories ------------------------------------------------------------
     def _children(self, path: bytes, ino: Inode, parent_nid: int) -> Iterator[DirEntry]:
         """The entries of a directory other than ``.`` and ``..``, with every block checked."""
-        dirs = self.img.dirs
         try:
-            nblocks = dirs.block_count(ino)
+            nblocks = self.img.dirent_blocks(ino)
         except ErofsError as exc:
             self.problem(path, ino.nid, exc)
             return
@@ -162,7 +161,7 @@ class Checker:
         damaged = False
         for index in range(nblocks):
             try:
-                entries = dirs.block_entries(ino, index, check=True)
+                entries = self.img.dirent_block(ino, index)
             except ErofsError as exc:
                 # give up on the rest: a corrupt size or mapping could make every one of billions of blocks fail
                 self.problem(path, ino.nid, exc)

@@ -41,7 +41,8 @@ from ..fuse.failover import (
     ready_message,
 )
 from ..fuse.operations import ErofsOperations
-from ..fuse.tree import Tree, open_tree
+from ..fuse.source import open_tree
+from ..fuse.tree import Tree
 from ..host.fusedevice import fuse_problem
 from ..host.mountinfo import mount_table
 

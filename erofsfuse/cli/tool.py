@@ -71,7 +71,7 @@ def cmd_info(img: ErofsImage, args: argparse.Namespace) -> int:
         ("build time", f"{sb.build_time} ({show_time(sb.build_time * 1_000_000_000)})"),
         ("fixed nsec", sb.fixed_nsec),
         ("blocks", sb.primary_blocks),
-        ("total blocks", sb.primary_blocks + sum(slot.blocks for slot in img.devices.slots)),
+        ("total blocks", img.total_blocks),
         ("meta blkaddr", sb.meta_blkaddr),
         ("xattr blkaddr", sb.xattr_blkaddr),
         ("packed nid", sb.packed_nid),
@@ -157,7 +157,7 @@ def cmd_stat(img: ErofsImage, args: argparse.Namespace) -> int:
     if stat.S_ISCHR(ino.mode) or stat.S_ISBLK(ino.mode):
         rows.append(("rdev", f"{st.st_rdev_major},{st.st_rdev_minor}"))
     rows += [("mtime", f"{show_time(st.st_mtime_ns)} ({st.st_mtime_ns} ns)"),
-             ("xattrs", str(len(img.xattrs.items(ino))))]
+             ("xattrs", str(len(img.xattrs(ino))))]
     if ino.is_symlink:
         rows.append(("target", img.readlink(ino)))
     for key, value in rows:
@@ -178,7 +178,7 @@ def cmd_cat(img: ErofsImage, args: argparse.Namespace) -> int:
 
 def cmd_getfattr(img: ErofsImage, args: argparse.Namespace) -> int:
     ino = img.resolve(os.fsencode(args.path))
-    items = sorted(img.xattrs.items(ino))
+    items = sorted(img.xattrs(ino))
     if items:
         emit(b"# file: " + os.fsencode(args.path))
         for name, value in items:

@@ -4,6 +4,7 @@ Nothing here imports pyfuse3 or trio; ``ErofsImage`` is the interface the FUSE
 server, ``erofstool`` and the snapshotter are built on.
 """
 
+from .data import CompressedExtent, Extent, MapFlag, Placement, PlainExtent
 from .dirs import DirEntry
 from .errors import (
     CorruptImage,
@@ -19,16 +20,21 @@ from .inode import Inode
 from .superblock import CompressionConfig, Superblock
 
 __all__ = [
+    "CompressedExtent",
     "CompressionConfig",
     "CorruptImage",
     "DeviceError",
     "DirEntry",
     "ErofsError",
     "ErofsImage",
+    "Extent",
     "Inode",
+    "MapFlag",
     "NoSuchAttribute",
     "NotADirectory",
     "PathNotFound",
+    "Placement",
+    "PlainExtent",
     "StatResult",
     "Superblock",
     "UnsupportedFeature",

@@ -1,8 +1,8 @@
 """Reading file contents: flat, inline, chunk-based and compressed layouts.
 
-Mapping follows the kernel: a logical offset maps to an extent that is a
-hole, a run of device blocks, inline bytes in the metadata after the inode,
-or (compressed layouts) a pcluster to decode or a fragment of the packed
+Mapping follows the kernel: a logical offset maps to an extent whose bytes
+are a hole, on a device, inline in the metadata after the inode, or
+(compressed layouts) decoded from a pcluster, or a fragment of the packed
 inode. A pcluster that a read covers only in part is kept, decoded, in a
 cache bounded in bytes, so sequential reads decode each pcluster once; whole
 extents go straight to the reader (the kernel keeps what it asked for).
@@ -10,36 +10,98 @@ extents go straight to the reader (the kernel keeps what it asked for).
 
 from __future__ import annotations
 
+import enum
 import threading
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from . import _zmap
 from . import ondisk as d
 from .cache import SizedLRU
 from .decompress import decompress
+from .devices import DeviceSet
 from .errors import CorruptImage, ErofsError
 from .inode import Inode
+from .superblock import Superblock
 
-if TYPE_CHECKING:
-    from .image import ErofsImage
-
-HOLE, MAPPED, INLINE = 0, 1, 2
 # algorithms that decode a pcluster in milliseconds rather than microseconds
 SLOW_ALGORITHMS = frozenset({d.COMPRESSION_LZMA, d.COMPRESSION_DEFLATE, d.COMPRESSION_ZSTD})
 BIG_EXTENT = 256 * 1024
 READ_AHEAD_TRIGGER = 256 * 1024
 READ_AHEAD_BYTES = 2 << 20
-STORED = _zmap.MAPPED | _zmap.INLINE | _zmap.FRAGMENT  # where an extent's bytes are; MAPPED alone: a device
 # compressed bytes one read fetches up front; a hostile map (huge pclusters for tiny extents) cannot make it more
 PREFETCH_BYTES = 8 << 20
 
 
-class Extent(NamedTuple):
+class Placement(enum.IntEnum):
+    """Where the bytes of an extent are stored (for a compressed extent: the bytes it decodes from)."""
+
+    HOLE = 0  # nowhere: they read as zeros
+    DEVICE = 1  # on a device
+    METADATA = 2  # in the metadata, right after the inode (inline data) or its compression index (tail packing)
+    FRAGMENT = 3  # in the packed inode, from the map's fragment offset (compressed files only)
+
+
+class MapFlag(enum.IntFlag):
+    """The bits the native compressed map (``_zmap``) sets on an extent."""
+
+    PCLUSTER = _zmap.MAPPED  # the extent decodes from a pcluster (without it and FRAGMENT: a hole)
+    IN_METADATA = _zmap.INLINE  # that pcluster is stored in the metadata, after the compression index
+    FRAGMENT = _zmap.FRAGMENT  # the bytes are in the packed inode
+    PARTIAL_REF = _zmap.PARTIAL_REF  # the extent is a prefix of what its pcluster decodes to (deduplication)
+    FULL_MAPPED = _zmap.FULL_MAPPED  # the extent is all its pcluster decodes to
+
+
+class PlainExtent(NamedTuple):
+    """``llen`` bytes of an uncompressed file at ``la``, stored at ``pa`` (of device ``device_id``)."""
+
     la: int
     llen: int
     pa: int
     device_id: int
-    kind: int
+    placement: Placement
+
+
+class CompressedExtent(NamedTuple):
+    """``llen`` bytes of a compressed file at ``la``, decoded with ``algorithm`` from ``plen`` bytes at ``pa``.
+
+    The fields are those of the native map's tuples, which the read path unpacks under the same names.
+    """
+
+    la: int
+    llen: int
+    pa: int
+    plen: int
+    algorithm: int
+    flags: int  # MapFlag bits
+
+    @property
+    def placement(self) -> Placement:
+        return _PLACEMENTS[self.flags & _WHERE]
+
+    @property
+    def partial(self) -> bool:
+        return _is_partial(self.flags)
+
+
+Extent = PlainExtent | CompressedExtent
+NativeExtent = tuple[int, int, int, int, int, int]  # (la, llen, pa, plen, algorithm, flags), as ZMap gives them
+# the read path compares placements often: a module global is found faster than an enum class attribute
+HOLE, DEVICE, METADATA, FRAGMENT = Placement
+# IntFlag operators build enum members, too slow for every extent of every read: flags are tested as plain ints
+_WHERE = int(MapFlag.PCLUSTER | MapFlag.IN_METADATA | MapFlag.FRAGMENT)
+_PLACEMENTS = {  # flags & _WHERE -> where the extent's bytes are
+    0: HOLE,
+    int(MapFlag.PCLUSTER): DEVICE,
+    int(MapFlag.PCLUSTER | MapFlag.IN_METADATA): METADATA,
+    int(MapFlag.FRAGMENT): FRAGMENT,
+}
+_PARTIAL_BITS = int(MapFlag.PARTIAL_REF | MapFlag.FULL_MAPPED)
+_WHOLE = int(MapFlag.FULL_MAPPED)
+
+
+def _is_partial(flags: int) -> bool:
+    """Whether an extent with these flags is less than all its pcluster decodes to (so it is decoded in part)."""
+    return flags & _PARTIAL_BITS != _WHOLE
 
 
 class CompressedMap:
@@ -51,29 +113,39 @@ class CompressedMap:
         self.zmap = zmap
         self.lock = threading.Lock()
 
-    def map(self, offset: int) -> tuple[int, int, int, int, int, int]:
+    @property
+    def fragment_offset(self) -> int:
+        """Where the file's fragment starts in the packed inode."""
+        return self.zmap.fragmentoff
+
+    def map(self, offset: int) -> NativeExtent:
         with self.lock:
             return self.zmap.map(offset)
 
-    def map_range(self, offset: int, end: int) -> list[tuple[int, int, int, int, int, int]]:
+    def map_range(self, offset: int, end: int) -> list[NativeExtent]:
         with self.lock:
             return self.zmap.map_range(offset, end)
 
 
 class DataReader:
-    """Reads byte ranges of inodes of one image."""
+    """Reads byte ranges of the inodes of one image.
 
-    def __init__(self, image: ErofsImage, cache_bytes: int):
-        self.image = image
-        sb = image.sb
+    ``pclusters`` keeps decoded pclusters that reads covered in part (it may be shared: entries are keyed
+    by where the pcluster is stored). ``packed_inode`` holds the fragments of compressed files; a reader
+    without it (the one that reads the metabox, where the packed inode may live) finds any fragment corrupt.
+    """
+
+    def __init__(self, sb: Superblock, devices: DeviceSet, pclusters: SizedLRU[bytes], packed_inode: Inode | None):
+        self.sb = sb
         self.blkszbits = sb.blkszbits
         self.block_size = sb.block_size
-        self.devices = image.devices
-        self.device_id_mask = (1 << len(image.devices.slots).bit_length()) - 1 if image.devices.slots else 0
+        self.devices = devices
+        self.pclusters = pclusters
+        self.packed_inode = packed_inode
+        self.device_id_mask = (1 << len(devices.slots).bit_length()) - 1 if devices.slots else 0
         self.lz4_zero_padding = sb.incompat(d.INCOMPAT_LZ4_0PADDING)
-        self.pclusters: SizedLRU[bytes] = SizedLRU(cache_bytes)
 
-    # -- public entry point ------------------------------------------------
+    # -- public entry points -----------------------------------------------
     def read(self, ino: Inode, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` (short only at end of file)."""
         end = min(ino.size, offset + length)
@@ -86,25 +158,86 @@ class DataReader:
         except CorruptImage as exc:
             raise exc.at(ino.nid, f"offset {offset}") from None
 
+    def extent_at(self, ino: Inode, offset: int) -> Extent:
+        """The extent holding byte ``offset`` of the file (a compressed one as a whole)."""
+        try:
+            if ino.compressed:
+                return CompressedExtent(*self.compressed_map(ino).map(offset))
+            return self._map_plain(ino, offset)
+        except CorruptImage as exc:
+            raise exc.at(ino.nid, f"offset {offset}") from None
+
+    def hole_end(self, ino: Inode, offset: int) -> int | None:
+        """Where the hole at ``offset`` ends, or None when data is stored there."""
+        ext = self.extent_at(ino, offset)
+        if ext.placement is not HOLE:
+            return None
+        if ext.la + ext.llen <= offset:
+            raise CorruptImage("a hole that maps no bytes", ino.nid, f"offset {offset}")
+        return min(ext.la + ext.llen, ino.size)
+
+    def extents(self, ino: Inode, offset: int = 0, end: int | None = None) -> list[Extent]:
+        """The extents that together cover bytes ``[offset, end)`` of the file (to its end by default), in order."""
+        end = ino.size if end is None else min(end, ino.size)
+        if offset >= end:
+            return []
+        try:
+            if ino.compressed:
+                return [CompressedExtent(*ext) for ext in self.compressed_map(ino).map_range(offset, end)]
+            found: list[Extent] = []
+            while offset < end:
+                ext = self._map_plain(ino, offset)
+                if ext.la + ext.llen <= offset:
+                    raise CorruptImage("empty extent", ino.nid, f"offset {offset}")
+                found.append(ext)
+                offset = ext.la + ext.llen
+            return found
+        except CorruptImage as exc:
+            raise exc.at(ino.nid, f"offset {offset}") from None
+
+    def costly(self, ino: Inode, offset: int, length: int) -> bool:
+        """Whether reading this range decodes much: a slow algorithm or a big extent, not yet cached."""
+        if not ino.compressed:
+            return False
+        try:
+            cmap = self.compressed_map(ino)
+            end = min(ino.size, offset + length)
+            for ext in cmap.map_range(offset, end):
+                la, llen, _, _, algorithm, flags = ext
+                placement = _PLACEMENTS[flags & _WHERE]
+                if placement is FRAGMENT:
+                    packed = self.packed_inode
+                    if packed is not None:
+                        pos = max(offset, la)
+                        fragment = cmap.fragment_offset + (pos - la)
+                        if self.costly(packed, fragment, min(end, la + llen) - pos):
+                            return True
+                elif (placement is not HOLE and (algorithm in SLOW_ALGORITHMS or llen > BIG_EXTENT)
+                      and self._key(ino, ext, placement) not in self.pclusters):
+                    return True
+        except ErofsError:
+            return True  # the read itself will report it
+        return False
+
     # -- uncompressed layouts ----------------------------------------------
-    def map_plain(self, ino: Inode, la: int) -> Extent:
+    def _map_plain(self, ino: Inode, la: int) -> PlainExtent:
         if ino.layout == d.LAYOUT_CHUNK_BASED:
             return self._map_chunk(ino, la)
         if ino.layout == d.LAYOUT_FLAT_INLINE:
             tail_start = ((ino.size + self.block_size - 1) >> self.blkszbits) - 1 << self.blkszbits
         elif ino.startblk == d.NULL_ADDR:
-            return Extent(la, ino.size - la, 0, 0, HOLE)
+            return PlainExtent(la, ino.size - la, 0, 0, HOLE)
         else:
             tail_start = ino.size
         if la < tail_start:
-            return Extent(la, tail_start - la, (ino.startblk << self.blkszbits) + la, 0, MAPPED)
+            return PlainExtent(la, tail_start - la, (ino.startblk << self.blkszbits) + la, 0, DEVICE)
         pa = ino.data_start + (la & (self.block_size - 1))
         llen = ino.size - la
         if (pa & (self.block_size - 1)) + llen > self.block_size:
             raise CorruptImage(f"inline data of {llen} bytes crosses a block boundary", ino.nid)
-        return Extent(la, llen, pa, 0, INLINE)
+        return PlainExtent(la, llen, pa, 0, METADATA)
 
-    def _map_chunk(self, ino: Inode, la: int) -> Extent:
+    def _map_chunk(self, ino: Inode, la: int) -> PlainExtent:
         fmt = ino.chunkformat
         chunkbits = self.blkszbits + (fmt & d.CHUNK_FORMAT_BLKBITS_MASK)
         chunknr = la >> chunkbits
@@ -116,32 +249,34 @@ class DataReader:
             mask = (1 << (48 if fmt & d.CHUNK_FORMAT_48BIT else 32)) - 1
             startblk = (hi << 32 | lo) & mask
             if startblk == mask:
-                return Extent(start, llen, 0, 0, HOLE)
-            return Extent(start, llen, startblk << self.blkszbits, device_id & self.device_id_mask, MAPPED)
+                return PlainExtent(start, llen, 0, 0, HOLE)
+            return PlainExtent(start, llen, startblk << self.blkszbits, device_id & self.device_id_mask,
+                               DEVICE)
         pos = d.round_up(ino.data_start, d.BLOCK_MAP_ENTRY.size) + d.BLOCK_MAP_ENTRY.size * chunknr
         (startblk,) = d.BLOCK_MAP_ENTRY.unpack(ino.space.read(pos, d.BLOCK_MAP_ENTRY.size))
         if startblk == 0xFFFFFFFF:
-            return Extent(start, llen, 0, 0, HOLE)
-        return Extent(start, llen, startblk << self.blkszbits, 0, MAPPED)
+            return PlainExtent(start, llen, 0, 0, HOLE)
+        return PlainExtent(start, llen, startblk << self.blkszbits, 0, DEVICE)
 
     def _read_plain(self, ino: Inode, offset: int, end: int) -> bytes:
         parts = []
         pos = offset
         while pos < end:
-            ext = self.map_plain(ino, pos)
+            ext = self._map_plain(ino, pos)
             stop = min(end, ext.la + ext.llen)
             if stop <= pos:
                 raise CorruptImage("empty extent", ino.nid, f"offset {pos}")
             skip = pos - ext.la
-            if ext.kind == MAPPED:
+            if ext.placement is DEVICE:
                 # merge physically contiguous chunks into one read
                 while stop < end and ino.layout == d.LAYOUT_CHUNK_BASED:
                     nxt = self._map_chunk(ino, stop)
-                    if nxt.kind != MAPPED or nxt.device_id != ext.device_id or nxt.pa != ext.pa + (stop - ext.la):
+                    if (nxt.placement is not DEVICE or nxt.device_id != ext.device_id
+                            or nxt.pa != ext.pa + (stop - ext.la)):
                         break
                     stop = min(end, nxt.la + nxt.llen)
                 parts.append(self.devices.read(ext.pa + skip, stop - pos, ext.device_id))
-            elif ext.kind == INLINE:
+            elif ext.placement is METADATA:
                 parts.append(ino.space.read(ext.pa + skip, stop - pos))
             else:
                 parts.append(bytes(stop - pos))
@@ -154,7 +289,7 @@ class DataReader:
         if cmap is None:
             zmap = _zmap.ZMap(
                 ino.nid, ino.layout, ino.size, ino.data_start, self.blkszbits,
-                self.image.sb.available_algorithms, ino.space.chunk, ino.space.chunk_bits,
+                self.sb.available_algorithms, ino.space.chunk, ino.space.chunk_bits,
             )
             cmap = ino.zmap = CompressedMap(zmap)
         return cmap
@@ -163,44 +298,38 @@ class DataReader:
         cmap = self.compressed_map(ino)
         extents = cmap.map_range(offset, end)
         sources = self._prefetch(ino, extents, offset, end)
-        last = extents[-1]
-        if end - offset >= READ_AHEAD_TRIGGER and last[5] & STORED == _zmap.MAPPED:
+        _, _, pa, plen, _, flags = extents[-1]
+        if end - offset >= READ_AHEAD_TRIGGER and _PLACEMENTS[flags & _WHERE] is DEVICE:
             # a large read is usually part of a sequential one: start the next compressed bytes coming
-            self.devices.prefetch(last[2] + last[3], READ_AHEAD_BYTES)
+            self.devices.prefetch(pa + plen, READ_AHEAD_BYTES)
         parts = []
         pos = offset
         for ext in extents:
-            la, llen, pa = ext[:3]
+            la, llen, pa, _, _, flags = ext
+            placement = _PLACEMENTS[flags & _WHERE]
             stop = min(end, la + llen)
-            if pos == la and stop == la + llen and ext[5] & STORED == _zmap.MAPPED and pa in sources:
+            if pos == la and stop == la + llen and placement is DEVICE and pa in sources:
                 # a whole extent is decoded without the cache: the kernel keeps what it asked for
                 parts.append(self._decode(ino, ext, sources[pa]))
+            elif placement is FRAGMENT:
+                parts.append(self._read_fragment(ino, cmap.fragment_offset + (pos - la), stop - pos))
+            elif placement is HOLE:
+                parts.append(bytes(stop - pos))
             else:
-                parts.append(self._extent_bytes(ino, cmap, ext, pos, stop, sources))
+                parts.append(self._pcluster(ino, ext, placement, sources.get(pa))[pos - la : stop - la])
             pos = stop
         return parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
 
-    def _extent_bytes(self, ino: Inode, cmap: CompressedMap, ext: tuple[int, int, int, int, int, int], pos: int,
-                      stop: int, sources: dict[int, memoryview]) -> bytes:
-        """Bytes ``[pos, stop)`` of one extent, through the pcluster cache."""
-        la, llen, pa, plen, alg, flags = ext
-        if flags & _zmap.FRAGMENT:
-            return self._read_fragment(ino, cmap.zmap.fragmentoff + (pos - la), stop - pos)
-        if not flags & _zmap.MAPPED:
-            return bytes(stop - pos)
-        out = self._pcluster(ino, la, llen, pa, plen, alg, flags, sources.get(pa))
-        return out[pos - la : stop - la]
-
-    def _prefetch(self, ino: Inode, extents: list[tuple[int, int, int, int, int, int]], offset: int, end: int,
-                  ) -> dict[int, memoryview]:
+    def _prefetch(self, ino: Inode, extents: list[NativeExtent], offset: int, end: int) -> dict[int, memoryview]:
         """Compressed bytes of the pclusters to decode (whole extents, and parts not cached), read in one go
         where they lie back to back; at most ``PREFETCH_BYTES`` (the rest is read one pcluster at a time)."""
         wanted: list[tuple[int, int]] = []
         budget = PREFETCH_BYTES
-        for la, llen, pa, plen, alg, flags in extents:
-            if flags & STORED != _zmap.MAPPED:  # only pclusters on a device are read here
+        for ext in extents:
+            la, llen, pa, plen, _, flags = ext
+            if _PLACEMENTS[flags & _WHERE] is not DEVICE:  # only pclusters on a device are read here
                 continue
-            if (la < offset or la + llen > end) and self._key(ino, la, llen, pa, plen, alg, flags) in self.pclusters:
+            if (la < offset or la + llen > end) and self._key(ino, ext, DEVICE) in self.pclusters:
                 continue
             budget -= plen
             if budget < 0:
@@ -220,7 +349,7 @@ class DataReader:
         return sources
 
     def _read_fragment(self, ino: Inode, pos: int, length: int) -> bytes:
-        packed = self.image.packed_inode
+        packed = self.packed_inode
         if packed is None:
             raise CorruptImage("fragment data but the image has no packed inode", ino.nid)
         if ino.nid == packed.nid:
@@ -230,51 +359,30 @@ class DataReader:
             raise CorruptImage(f"fragment at {pos} runs past the end of the packed inode", ino.nid)
         return data
 
-    def costly(self, ino: Inode, offset: int, length: int) -> bool:
-        """Whether reading this range decodes much: a slow algorithm or a big extent, not yet cached."""
-        if not ino.compressed:
-            return False
-        try:
-            cmap = self.compressed_map(ino)
-            end = min(ino.size, offset + length)
-            for la, llen, pa, plen, alg, flags in cmap.map_range(offset, end):
-                if flags & _zmap.FRAGMENT and self.image.packed_inode is not None:
-                    pos = max(offset, la)
-                    fragment = cmap.zmap.fragmentoff + (pos - la)
-                    if self.costly(self.image.packed_inode, fragment, min(end, la + llen) - pos):
-                        return True
-                elif (flags & _zmap.MAPPED and (alg in SLOW_ALGORITHMS or llen > BIG_EXTENT)
-                      and self._key(ino, la, llen, pa, plen, alg, flags) not in self.pclusters):
-                    return True
-        except ErofsError:
-            return True  # the read itself will report it
-        return False
+    def _key(self, ino: Inode, ext: NativeExtent, placement: Placement) -> tuple:
+        """What identifies a decoded pcluster: one stored in metadata belongs to its inode."""
+        la, llen, pa, plen, algorithm, _ = ext
+        shift = la & (self.block_size - 1) if algorithm == d.COMPRESSION_INTERLACED else 0
+        return (ino.nid if placement is METADATA else -1, pa, plen, algorithm, llen, shift)
 
-    def _key(self, ino: Inode, la: int, llen: int, pa: int, plen: int, alg: int, flags: int) -> tuple:
-        """What identifies a decoded pcluster: inline ones live in the inode's metadata."""
-        inline = bool(flags & _zmap.INLINE)
-        shift = la & (self.block_size - 1) if alg == d.COMPRESSION_INTERLACED else 0
-        return (ino.nid if inline else -1, pa, plen, alg, llen, shift)
-
-    def _pcluster(self, ino: Inode, la: int, llen: int, pa: int, plen: int, alg: int, flags: int,
+    def _pcluster(self, ino: Inode, ext: NativeExtent, placement: Placement,
                   src: bytes | memoryview | None = None) -> bytes:
         """The decoded extent, through the cache (``src``: its compressed bytes, when already read)."""
-        inline = bool(flags & _zmap.INLINE)
-        key = self._key(ino, la, llen, pa, plen, alg, flags)
+        key = self._key(ino, ext, placement)
         out = self.pclusters.get(key)
         if out is not None:
             return out
         if src is None:
-            src = ino.space.read(pa, plen) if inline else self.devices.read(pa, plen)
+            _, _, pa, plen, _, _ = ext
+            src = (ino.space if placement is METADATA else self.devices).read(pa, plen)
         # what is kept must not be a view that holds a larger read alive
-        return self.pclusters.put(key, bytes(self._decode(ino, (la, llen, pa, plen, alg, flags), src)))
+        return self.pclusters.put(key, bytes(self._decode(ino, ext, src)))
 
-    def _decode(self, ino: Inode, ext: tuple[int, int, int, int, int, int], src: bytes | memoryview,
-                ) -> bytes | memoryview:
-        la, llen, pa, plen, alg, flags = ext
-        partial = bool(flags & _zmap.PARTIAL_REF) or not flags & _zmap.FULL_MAPPED
+    def _decode(self, ino: Inode, ext: NativeExtent, src: bytes | memoryview) -> bytes | memoryview:
+        la, llen, pa, plen, algorithm, flags = ext
         try:
-            return decompress(alg, src, llen, partial=partial, la=la, block_size=self.block_size,
-                              cfg=self.image.sb.compression, lz4_zero_padding=self.lz4_zero_padding)
+            return decompress(algorithm, src, llen, partial=_is_partial(flags), la=la,
+                              block_size=self.block_size, cfg=self.sb.compression,
+                              lz4_zero_padding=self.lz4_zero_padding)
         except ErofsError as exc:
             raise CorruptImage(f"{exc} (pcluster at {pa}, {plen} bytes)", ino.nid, f"offset {la}") from None

@@ -10,17 +10,14 @@ target, as the kernel does. Listing positions are byte offsets of dirents
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from . import _dirents
 from . import ondisk as d
 from .cache import SizedLRU
 from .errors import CorruptImage, ErofsError, NotADirectory
 from .inode import Inode
-
-if TYPE_CHECKING:
-    from .image import ErofsImage
 
 
 class DirEntry(NamedTuple):
@@ -43,10 +40,13 @@ class Directories:
     # would otherwise fetch each block with its own disk request.
     READ_AHEAD_BYTES = 128 << 10
 
-    def __init__(self, image: ErofsImage, cache_bytes: int):
-        self.image = image
-        self.blkszbits = image.sb.blkszbits
-        self.block_size = image.sb.block_size
+    def __init__(self, blkszbits: int, read: Callable[[Inode, int, int], bytes], inode: Callable[[int], Inode],
+                 cache_bytes: int):
+        """``read(ino, offset, length)`` reads a directory's data, ``inode(nid)`` finds a directory by nid."""
+        self._read = read
+        self._inode = inode
+        self.blkszbits = blkszbits
+        self.block_size = 1 << blkszbits
         self.read_ahead_blocks = max(self.READ_AHEAD_BYTES >> self.blkszbits, 1)
         self._blocks: SizedLRU[bytes] = SizedLRU(max(cache_bytes, 16 << self.blkszbits))
         self._decoded = functools.lru_cache(maxsize=self.DECODED_BLOCKS)(self._decode_block)
@@ -59,7 +59,7 @@ class Directories:
         """Read ``count`` blocks from ``first`` with one request, cache each and return the first."""
         bits = self.blkszbits
         start = first << bits
-        data = self.image.reader.read(ino, start, count << bits)
+        data = self._read(ino, start, count << bits)
         if len(data) != min(count << bits, ino.size - start):
             raise CorruptImage(f"short directory block {first + (len(data) >> bits)}", ino.nid)
         for i in range(count):
@@ -109,7 +109,7 @@ class Directories:
         return self._decode_block(ino.nid, index, True) if check else self._decoded(ino.nid, index, False)
 
     def _decode_block(self, nid: int, index: int, check: bool) -> list[DirEntry]:
-        block = self.block(self.image.inode(nid), index)
+        block = self.block(self._inode(nid), index)
         try:
             return _dirents.entries(block, len(block), check, index << self.blkszbits, DirEntry)
         except CorruptImage as exc:

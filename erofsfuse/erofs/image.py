@@ -10,25 +10,26 @@ from __future__ import annotations
 import functools
 import os
 import stat as statmod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from . import ondisk as d
-from .data import DataReader
+from .cache import SizedLRU
+from .data import DataReader, Extent
 from .devices import BackingFile, DeviceSet
 from .dirs import Directories, DirEntry
 from .errors import CorruptImage, NotADirectory, PathNotFound
 from .inode import Inode, decode_inode
 from .metaspace import MetaSpace
 from .superblock import Superblock, parse_device_table, parse_superblock
-from .xattr import Xattrs
+from .xattr import Xattrs, load_long_prefixes
 
 MAX_SYMLINK_HOPS = 40
 PATH_MAX = 4096
+_new_tuple = tuple.__new__
 
 
-@dataclass(frozen=True)
-class StatResult:
+class StatResult(NamedTuple):
     """What ``lstat`` shows for an inode, as the kernel computes it."""
 
     st_mode: int
@@ -42,6 +43,15 @@ class StatResult:
     st_rdev_minor: int
     st_mtime_ns: int
 
+    @classmethod
+    def of(cls, ino: Inode, st_ino: int, st_nlink: int) -> StatResult:
+        """The stat of ``ino``, shown with inode number ``st_ino`` and ``st_nlink`` links."""
+        major, minor = ino.rdev_pair
+        # the tuple straight in field order: a FUSE listing with attributes makes one per entry, and the
+        # generated __new__ of a NamedTuple would double the cost
+        return _new_tuple(cls, (ino.mode, st_ino, st_nlink, ino.uid, ino.gid, ino.size, ino.blocks, major, minor,
+                                ino.mtime_ns))
+
     @property
     def st_rdev(self) -> int:
         return os.makedev(self.st_rdev_major, self.st_rdev_minor)
@@ -49,6 +59,41 @@ class StatResult:
 
 def _as_bytes(path: str | bytes) -> bytes:
     return os.fsencode(path) if isinstance(path, str) else path
+
+
+def open_devices(path: str, devices: list[str] | tuple[str, ...], offset: int) -> tuple[Superblock, DeviceSet]:
+    """The superblock of the image at ``offset`` in ``path``, and its devices (closed again on failure)."""
+    primary = BackingFile(path, offset)
+    extras: list[BackingFile] = []
+    try:
+        for device in devices:
+            extras.append(BackingFile(device))
+        sb = parse_superblock(primary)
+        device_set = DeviceSet(primary, extras, sb.blkszbits)
+        device_set.attach_table(parse_device_table(sb, primary))
+    except BaseException:
+        primary.close()
+        for dev in extras:
+            dev.close()
+        raise
+    return sb, device_set
+
+
+def load_inode(sb: Superblock, meta: MetaSpace, metabox: MetaSpace | None, nid: int) -> Inode:
+    """Decode inode ``nid``: in the metabox when its nid says so, else in the primary device's metadata."""
+    if nid >> d.DIRENT_NID_METABOX_BIT:
+        if metabox is None:
+            raise CorruptImage("nid has the metabox bit but the image has no metabox", nid)
+        space, base = metabox, 0
+    else:
+        space, base = meta, sb.meta_blkaddr << sb.blkszbits
+    iloc = base + ((nid & d.DIRENT_NID_MASK) << d.ISLOT_BITS)
+    if iloc >= space.size:
+        raise CorruptImage(f"nid {nid} lies past the end of the {space.name}", nid)
+    try:
+        return decode_inode(nid, space, iloc, sb.epoch, sb.fixed_nsec)
+    except CorruptImage as exc:
+        raise exc.at(nid, "inode") from None
 
 
 class ErofsImage:
@@ -71,39 +116,34 @@ class ErofsImage:
         inode_cache: int = 65536,
     ):
         self.path = path
-        primary = BackingFile(path, offset)
-        extras: list[BackingFile] = []
+        sb, devs = open_devices(path, devices, offset)
+        self.sb, self.devices = sb, devs
+        # each part is built from the ones before it, in the order the kernel mounts an image
         try:
-            extras = [BackingFile(p) for p in devices]
-            self.sb: Superblock = parse_superblock(primary)
-            self.devices = DeviceSet(primary, extras, self.sb.blkszbits)
-            self.devices.attach_table(parse_device_table(self.sb, primary))
+            primary = devs.primary
+            pclusters: SizedLRU[bytes] = SizedLRU(cache_bytes)  # decoded pclusters, of the metabox and of files
+            self.meta = MetaSpace("primary device", sb.blkszbits, primary.size, primary.pread, meta_cache_bytes)
+            self.metabox: MetaSpace | None = None
+            if sb.metabox_nid or sb.incompat(d.INCOMPAT_METABOX):
+                # the metabox inode lives in the primary metadata; its data is read without fragments, since
+                # the packed inode that holds them may itself live in the metabox
+                box = load_inode(sb, self.meta, None, sb.metabox_nid)
+                box_reader = DataReader(sb, devs, pclusters, packed_inode=None)
+                self.metabox = MetaSpace("metabox", sb.blkszbits, box.size, functools.partial(box_reader.read, box),
+                                         meta_cache_bytes)
+            self.inode: Callable[[int], Inode] = functools.lru_cache(maxsize=inode_cache)(
+                functools.partial(load_inode, sb, self.meta, self.metabox))
+            self.packed_inode: Inode | None = self.inode(sb.packed_nid) if sb.packed_nid else None
+            self._data = DataReader(sb, devs, pclusters, self.packed_inode)
+            self._dirs = Directories(sb.blkszbits, self._data.read, self.inode, meta_cache_bytes)
+            self._xattrs = Xattrs(sb, self.meta, self.metabox,
+                                  load_long_prefixes(sb, self.meta, self.inode, self._data.read))
+            self.root = self.inode(sb.root_nid)
+            if not self.root.is_dir:
+                raise CorruptImage("the root inode is not a directory", sb.root_nid)
         except BaseException:
-            primary.close()
-            for dev in extras:
-                dev.close()
+            devs.close()
             raise
-        bits = self.sb.blkszbits
-        self.meta = MetaSpace("primary device", bits, primary.size, primary.pread, meta_cache_bytes)
-        self.metabox: MetaSpace | None = None
-        self.inode = functools.lru_cache(maxsize=inode_cache)(self._load_inode)
-        self._meta_base = self.sb.meta_blkaddr << bits
-        self.reader = DataReader(self, cache_bytes)
-        self.dirs = Directories(self, meta_cache_bytes)
-        if self.sb.metabox_nid or self.sb.incompat(d.INCOMPAT_METABOX):
-            box = self.inode(self.sb.metabox_nid)
-            self.metabox = MetaSpace("metabox", bits, box.size, self._metabox_reader(box), meta_cache_bytes)
-        self.packed_inode: Inode | None = self.inode(self.sb.packed_nid) if self.sb.packed_nid else None
-        self.xattrs = Xattrs(self)
-        self.root = self.inode(self.sb.root_nid)
-        if not self.root.is_dir:
-            raise CorruptImage("the root inode is not a directory", self.sb.root_nid)
-
-    def _metabox_reader(self, box: Inode):
-        def read(pos: int, length: int) -> bytes:
-            return self.reader.read(box, pos, length)
-
-        return read
 
     # -- context management ------------------------------------------------
     def close(self) -> None:
@@ -120,71 +160,80 @@ class ErofsImage:
     def root_nid(self) -> int:
         return self.sb.root_nid
 
-    def _load_inode(self, nid: int) -> Inode:
-        """The decoded inode ``nid`` (``inode(nid)`` is the cached form)."""
-        if nid >> d.DIRENT_NID_METABOX_BIT:
-            if self.metabox is None:
-                raise CorruptImage("nid has the metabox bit but the image has no metabox", nid)
-            space, base = self.metabox, 0
-        else:
-            space, base = self.meta, self._meta_base
-        iloc = base + ((nid & d.DIRENT_NID_MASK) << d.ISLOT_BITS)
-        if iloc >= space.size:
-            raise CorruptImage(f"nid {nid} lies past the end of the {space.name}", nid)
-        try:
-            return decode_inode(nid, space, iloc, self.sb.epoch, self.sb.fixed_nsec)
-        except CorruptImage as exc:
-            raise exc.at(nid, "inode") from None
+    @property
+    def total_blocks(self) -> int:
+        """Blocks of the primary device and every extra device."""
+        return self.sb.primary_blocks + sum(slot.blocks for slot in self.devices.slots)
 
     def stat(self, ino: Inode) -> StatResult:
-        major, minor = ino.rdev_pair
-        return StatResult(
-            st_mode=ino.mode,
-            st_ino=ino.nid,
-            st_nlink=ino.nlink,
-            st_uid=ino.uid,
-            st_gid=ino.gid,
-            st_size=ino.size,
-            st_blocks=ino.blocks,
-            st_rdev_major=major,
-            st_rdev_minor=minor,
-            st_mtime_ns=ino.mtime_ns,
-        )
+        return StatResult.of(ino, ino.nid, ino.nlink)
 
     # -- contents ------------------------------------------------------------
     def read(self, ino: Inode, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes of the file at ``offset``."""
-        return self.reader.read(ino, offset, length)
+        return self._data.read(ino, offset, length)
+
+    def costly_read(self, ino: Inode, offset: int, length: int) -> bool:
+        """Whether reading this range decodes much (a slow algorithm or a big extent, not yet cached)."""
+        return self._data.costly(ino, offset, length)
+
+    def extent_at(self, ino: Inode, offset: int) -> Extent:
+        """The extent of the file that holds byte ``offset``."""
+        return self._data.extent_at(ino, offset)
+
+    def extents(self, ino: Inode, offset: int = 0, end: int | None = None) -> list[Extent]:
+        """The extents that together cover bytes ``[offset, end)`` of the file (to its end by default)."""
+        return self._data.extents(ino, offset, end)
+
+    def hole_end(self, ino: Inode, offset: int) -> int | None:
+        """Where the hole at ``offset`` ends, or None when data is stored there."""
+        return self._data.hole_end(ino, offset)
 
     def readlink(self, ino: Inode) -> bytes:
         if not ino.is_symlink:
             raise CorruptImage("readlink on an inode that is not a symlink", ino.nid)
         if ino.size >= PATH_MAX or ino.size == 0:
             raise CorruptImage(f"symlink target of {ino.size} bytes", ino.nid)
-        target = self.reader.read(ino, 0, ino.size)
+        target = self._data.read(ino, 0, ino.size)
         if len(target) != ino.size or b"\0" in target:
             raise CorruptImage("malformed symlink target", ino.nid)
         return target
 
     def lookup(self, dir_ino: Inode, name: bytes) -> Inode | None:
-        """The child ``name`` of ``dir_ino``, or None."""
-        found = self.dirs.lookup(dir_ino, name)
+        """The child ``name`` of ``dir_ino`` (``..`` included), or None."""
+        found = self._dirs.lookup(dir_ino, name)
         return None if found is None else self.inode(found[0])
+
+    def dirents(self, dir_ino: Inode, start: int = 0) -> Iterator[DirEntry]:
+        """Every directory entry (``.`` and ``..`` too) from position ``start``, in on-disk order."""
+        return self._dirs.entries(dir_ino, start)
 
     def entries(self, dir_ino: Inode, start: int = 0) -> Iterator[DirEntry]:
         """Directory entries from position ``start``, ``.`` and ``..`` left out."""
-        for entry in self.dirs.entries(dir_ino, start):
+        for entry in self._dirs.entries(dir_ino, start):
             if entry.name not in (b".", b".."):
                 yield entry
+
+    def dirent_blocks(self, dir_ino: Inode) -> int:
+        """How many dirent blocks the directory has (raises ``NotADirectory`` for other inodes)."""
+        return self._dirs.block_count(dir_ino)
+
+    def dirent_block(self, dir_ino: Inode, index: int) -> list[DirEntry]:
+        """The entries of dirent block ``index`` alone, checked as ``fsck`` does (sorted, valid names)."""
+        return self._dirs.block_entries(dir_ino, index, check=True)
 
     def listdir(self, dir_ino: Inode) -> list[bytes]:
         return [entry.name for entry in self.entries(dir_ino)]
 
+    def xattrs(self, ino: Inode) -> list[tuple[bytes, bytes]]:
+        """``(name, value)`` of every xattr the kernel shows, in on-disk order."""
+        return self._xattrs.items(ino)
+
     def listxattr(self, ino: Inode) -> list[bytes]:
-        return self.xattrs.names(ino)
+        return self._xattrs.names(ino)
 
     def getxattr(self, ino: Inode, name: bytes) -> bytes:
-        return self.xattrs.get(ino, name)
+        return self._xattrs.get(ino, name)
 
     # -- paths ---------------------------------------------------------------
     def resolve(self, path: str | bytes, follow: bool = False) -> Inode:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from . import _zmap
-from .data import HOLE
 from .errors import CorruptImage
 from .image import ErofsImage
 from .inode import Inode
@@ -24,7 +22,7 @@ def chunks(img: ErofsImage, ino: Inode, size: int = CHUNK, *, skip_holes: bool =
     offset = 0
     while offset < ino.size:
         if skip_holes:
-            end = hole_end(img, ino, offset)
+            end = img.hole_end(ino, offset)
             if end is not None:
                 offset = end
                 continue
@@ -34,23 +32,3 @@ def chunks(img: ErofsImage, ino: Inode, size: int = CHUNK, *, skip_holes: bool =
             raise CorruptImage(f"short read: {len(data)} of {want} bytes", ino.nid, f"offset {offset}")
         yield offset, data
         offset += want
-
-
-def hole_end(img: ErofsImage, ino: Inode, offset: int) -> int | None:
-    """Where the hole at ``offset`` ends, or None when data is stored there."""
-    try:
-        if ino.compressed:
-            la, llen, _, _, _, flags = img.reader.compressed_map(ino).map(offset)
-            stored = flags & (_zmap.MAPPED | _zmap.FRAGMENT)
-            end = la + llen
-        else:
-            ext = img.reader.map_plain(ino, offset)
-            stored = ext.kind != HOLE
-            end = ext.la + ext.llen
-    except CorruptImage as exc:
-        raise exc.at(ino.nid, f"offset {offset}") from None
-    if stored:
-        return None
-    if end <= offset:
-        raise CorruptImage("a hole that maps no bytes", ino.nid, f"offset {offset}")
-    return min(end, ino.size)

@@ -9,17 +9,16 @@ inode digest) are never listed and cannot be read by name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import xxhash
 
 from . import ondisk as d
 from .errors import CorruptImage, NoSuchAttribute
 from .inode import Inode
-
-if TYPE_CHECKING:
-    from .image import ErofsImage
-    from .metaspace import MetaSpace
+from .metaspace import MetaSpace
+from .superblock import Superblock
 
 # Longest prefix first, so that "system.posix_acl_access" wins over nothing shorter.
 _PREFIX_ORDER = sorted(d.XATTR_PREFIXES.items(), key=lambda item: -len(item[1]))
@@ -54,18 +53,18 @@ def read_metadata_record(read, pos: int) -> tuple[bytes, int]:
     return read(pos + 2, size), pos + 2 + size
 
 
-def load_long_prefixes(image: ErofsImage) -> list[LongPrefix]:
-    """The long xattr name prefix table, wherever this image keeps it."""
-    sb = image.sb
+def load_long_prefixes(sb: Superblock, meta: MetaSpace, inode: Callable[[int], Inode],
+                       read_data: Callable[[Inode, int, int], bytes]) -> list[LongPrefix]:
+    """The long xattr name prefix table: in the primary metadata, or in the data of the metabox or packed inode."""
     if not sb.xattr_prefix_count:
         return []
     if sb.compat(d.COMPAT_PLAIN_XATTR_PFX) or not (sb.metabox_nid or sb.packed_nid):
-        read = image.meta.read
+        read = meta.read
     else:
-        holder = image.inode(sb.metabox_nid or sb.packed_nid)
+        holder = inode(sb.metabox_nid or sb.packed_nid)
 
         def read(pos: int, n: int) -> bytes:
-            data = image.reader.read(holder, pos, n)
+            data = read_data(holder, pos, n)
             if len(data) != n:
                 raise CorruptImage("long xattr prefix table runs past the end of its inode", holder.nid)
             return data
@@ -83,14 +82,13 @@ def load_long_prefixes(image: ErofsImage) -> list[LongPrefix]:
 class Xattrs:
     """Extended attribute access for one image."""
 
-    def __init__(self, image: ErofsImage):
-        self.image = image
-        sb = image.sb
-        self.prefixes = load_long_prefixes(image)
+    def __init__(self, sb: Superblock, meta: MetaSpace, metabox: MetaSpace | None, prefixes: list[LongPrefix]):
+        self.prefixes = prefixes
         self.use_filter = sb.compat(d.COMPAT_XATTR_FILTER) and not sb.xattr_filter_reserved
-        self.shared_space: MetaSpace = image.metabox if sb.compat(d.COMPAT_SHARED_EA_IN_METABOX) else image.meta
-        if self.shared_space is None:
+        shared_space = metabox if sb.compat(d.COMPAT_SHARED_EA_IN_METABOX) else meta
+        if shared_space is None:
             raise CorruptImage("shared xattrs are in the metabox but the image has none")
+        self.shared_space: MetaSpace = shared_space
         self.shared_base = sb.xattr_blkaddr << sb.blkszbits
 
     # -- decoding ----------------------------------------------------------

@@ -125,22 +125,22 @@ class ErofsOperations(pyfuse3.Operations):
         return known
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
-        """The kernel's view of ``node``, built straight from its inode (readdirplus asks for every entry)."""
-        ino = node.parts[0][1]
+        """The tree's stat of ``node`` as pyfuse3 hands it to the kernel (which may keep it forever)."""
+        mode, number, nlink, uid, gid, size, blocks, rdev_major, rdev_minor, mtime_ns = self.tree.stat(node)
         attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = node.ino
+        attrs.st_ino = number
         attrs.entry_timeout = CACHE_TIMEOUT
         attrs.attr_timeout = CACHE_TIMEOUT
-        attrs.st_mode = ino.mode
-        attrs.st_nlink = self.tree.nlink(node)
-        attrs.st_uid = ino.uid
-        attrs.st_gid = ino.gid
-        if ino.rdev:
-            attrs.st_rdev = os.makedev(*ino.rdev_pair)
-        attrs.st_size = ino.size
+        attrs.st_mode = mode
+        attrs.st_nlink = nlink
+        attrs.st_uid = uid
+        attrs.st_gid = gid
+        if rdev_major or rdev_minor:
+            attrs.st_rdev = os.makedev(rdev_major, rdev_minor)
+        attrs.st_size = size
         attrs.st_blksize = self.block_size
-        attrs.st_blocks = ino.blocks
-        attrs.st_atime_ns = attrs.st_ctime_ns = attrs.st_mtime_ns = ino.mtime * 1_000_000_000 + ino.mtime_nsec
+        attrs.st_blocks = blocks
+        attrs.st_atime_ns = attrs.st_ctime_ns = attrs.st_mtime_ns = mtime_ns
         return attrs
 
     # -- names -------------------------------------------------------------------
@@ -216,7 +216,7 @@ class ErofsOperations(pyfuse3.Operations):
     @fuse_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self._node(fh)
-        if size >= THREAD_READ_THRESHOLD or node.image.reader.costly(node.inode, off, size):
+        if size >= THREAD_READ_THRESHOLD or node.image.costly_read(node.inode, off, size):
             return await trio.to_thread.run_sync(self.tree.read, node, off, size, limiter=self._limiter)
         return self.tree.read(node, off, size)
 
@@ -236,7 +236,7 @@ class ErofsOperations(pyfuse3.Operations):
     @fuse_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
-        if not node.parts[0][1].xattr_isize:  # most files have none: `ls -l` asks twice for each
+        if not node.inode.xattr_isize:  # most files have none: `ls -l` asks twice for each
             raise pyfuse3.FUSEError(errno.ENODATA)
         return self.tree.getxattr(node, name)
 

@@ -14,63 +14,30 @@ Rules, as the kernel's overlayfs applies them to a stack of lower layers:
   never shown. Redirect and metacopy xattrs, which container layers do not
   use, are not interpreted: such files are served as stored.
 
-The stack file is JSON: ``{"layers": [{"image": PATH, "devices": [PATH, ...]}, ...]}``,
-bottom layer first; relative paths are relative to the stack file.
+The layers come from a stack file (``stackfile``).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 
 from ..erofs.cache import SizedLRU
-from ..erofs.errors import CorruptImage, ErofsError, NoSuchAttribute
+from ..erofs.errors import CorruptImage, NoSuchAttribute
 from ..erofs.image import ErofsImage
 from ..erofs.inode import Inode
 from ..erofs.overlay import OPAQUE_XATTRS, is_whiteout
-from .tree import LAYER_SHIFT, METABOX_BIT, ROOT_INO, FsStats, Node, Tree, image_stats
+from .stackfile import StackFile
+from .tree import LAYER_SHIFT, METABOX_BIT, ROOT_INO, FsStats, Layer, Node, Tree, image_stats
 
 PRIVATE_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 
 
-class StackFileError(ErofsError):
-    """The stack file is missing, not JSON, or does not describe layers."""
-
-
-def is_stack_file(path: str) -> bool:
-    """A stack file is JSON text; an EROFS image starts with a binary boot area."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64).lstrip()
-    except OSError:
-        return False
-    return head.startswith(b"{")
-
-
-def load_stack_file(path: str, **cache) -> list[ErofsImage]:
-    """Open the layers a stack file names, bottom first."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            spec = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise StackFileError(f"cannot read stack file {path}: {exc}") from None
-    layers = spec.get("layers") if isinstance(spec, dict) else None
-    if not isinstance(layers, list) or not layers:
-        raise StackFileError(f"{path}: expected {{\"layers\": [{{\"image\": ...}}, ...]}} with at least one layer")
-    base = os.path.dirname(os.path.abspath(path))
+def open_layers(stack: StackFile, **cache) -> list[ErofsImage]:
+    """The images of a stack's layers, bottom first (all closed again if one cannot be opened)."""
     images: list[ErofsImage] = []
     try:
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, dict) or not isinstance(layer.get("image"), str):
-                raise StackFileError(f"{path}: layer {i} has no \"image\" path")
-            devices = layer.get("devices", [])
-            if not isinstance(devices, list) or not all(isinstance(p, str) for p in devices):
-                raise StackFileError(f"{path}: layer {i}: \"devices\" must be a list of paths")
-            offset = layer.get("offset", 0)
-            images.append(ErofsImage(
-                os.path.join(base, layer["image"]), [os.path.join(base, p) for p in devices], int(offset), **cache
-            ))
+        for layer in stack.layers:
+            images.append(ErofsImage(layer.image, layer.devices, layer.offset, **cache))
     except BaseException:
         for img in images:
             img.close()
@@ -82,10 +49,9 @@ def path_in_image(img: ErofsImage, directory: Inode) -> list[bytes]:
     """Names from the image root down to ``directory``, found through ".." entries."""
     names: list[bytes] = []
     while directory.nid != img.root_nid:
-        found = img.dirs.lookup(directory, b"..")
-        if found is None or len(names) > 4096:
+        parent = img.lookup(directory, b"..")
+        if parent is None or len(names) > 4096:
             raise CorruptImage("directory without a usable '..' entry", directory.nid)
-        parent = img.inode(found[0])
         name = next((e.name for e in img.entries(parent) if e.nid == directory.nid), None)
         if name is None:
             raise CorruptImage("directory is not listed in its parent", directory.nid)
@@ -103,14 +69,13 @@ class StackTree(Tree):
         self._index = {id(img): i for i, img in enumerate(layers)}
         self._opaque: dict[tuple[int, int], bool] = {}
         self._listings: SizedLRU[list[tuple[bytes, ErofsImage, int]]] = SizedLRU(1 << 20)
-        parts = tuple((img, img.root) for img in reversed(layers))
-        self.root = Node(ROOT_INO, parts)
+        self.root = Node(ROOT_INO, tuple(Layer(img, img.root) for img in reversed(layers)))
 
     def images(self) -> list[ErofsImage]:
         return list(self.layers)
 
     # -- identity ------------------------------------------------------------
-    def _node(self, parts: tuple[tuple[ErofsImage, Inode], ...]) -> Node:
+    def _node(self, parts: tuple[Layer, ...]) -> Node:
         img, ino = parts[0]
         layer = self._index[id(img)]
         return Node(((ino.nid & ~METABOX_BIT) + 2 + (layer << LAYER_SHIFT)) | (ino.nid & METABOX_BIT), parts)
@@ -125,7 +90,7 @@ class StackTree(Tree):
         img = self.layers[layer]
         inode = img.inode(((rest & ((1 << LAYER_SHIFT) - 1)) - 2) | (ino & METABOX_BIT))
         if not inode.is_dir:
-            return self._node(((img, inode),))
+            return self._node((Layer(img, inode),))
         # a merged directory is rebuilt from its path: walk up its layer by "..", then down the stack
         node = self.root
         for name in path_in_image(img, inode):
@@ -141,7 +106,7 @@ class StackTree(Tree):
         key = (id(img), ino.nid)
         opaque = self._opaque.get(key)
         if opaque is None:
-            opaque = any(name in OPAQUE_XATTRS and value == b"y" for name, value in img.xattrs.items(ino))
+            opaque = any(name in OPAQUE_XATTRS and value == b"y" for name, value in img.xattrs(ino))
             self._opaque[key] = opaque
         return opaque
 
@@ -149,7 +114,7 @@ class StackTree(Tree):
     def lookup(self, parent: Node, name: bytes) -> Node | None:
         if name in (b".", b".."):
             return None
-        found: list[tuple[ErofsImage, Inode]] = []
+        found: list[Layer] = []
         for img, dir_ino in parent.parts:
             child = img.lookup(dir_ino, name)
             if child is None:
@@ -158,9 +123,9 @@ class StackTree(Tree):
                 break
             if not child.is_dir:
                 if not found:
-                    found.append((img, child))
+                    found.append(Layer(img, child))
                 break
-            found.append((img, child))
+            found.append(Layer(img, child))
             if self._is_opaque(img, child):
                 break
         return self._node(tuple(found)) if found else None
@@ -209,13 +174,13 @@ class StackTree(Tree):
                     continue
             else:
                 # the topmost layer with the name provides it, exactly as lookup() would find
-                child = self._node(((img, inode),))
+                child = self._node((Layer(img, inode),))
             yield name, child, pos + 3
 
     # -- attributes --------------------------------------------------------------
     def nlink(self, node: Node) -> int:
         # overlayfs does not count the subdirectories of a merged directory
-        return 1 if len(node.parts) > 1 else node.parts[0][1].nlink
+        return 1 if len(node.parts) > 1 else node.inode.nlink
 
     def xattrs(self, node: Node) -> list[tuple[bytes, bytes]]:
         return [(n, v) for n, v in super().xattrs(node) if not n.startswith(PRIVATE_XATTR_PREFIXES)]

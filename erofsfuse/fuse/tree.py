@@ -7,10 +7,10 @@ merges several images with overlayfs semantics behind the same interface.
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..erofs import ondisk as d
 from ..erofs.errors import CorruptImage
@@ -32,29 +32,30 @@ class FsStats:
     name_max: int = d.NAME_LEN
 
 
+class Layer(NamedTuple):
+    """An inode of one image that a node of the served tree shows."""
+
+    image: ErofsImage
+    inode: Inode
+
+
 class Node:
     """A file or directory of the served tree.
 
-    ``parts`` holds (image, inode) pairs, topmost first: one for plain files
-    and single images, several for directories merged across layers.
+    ``parts`` holds the layers that provide it, topmost first: one for plain
+    files and single images, several for directories merged across layers.
+    The topmost one (``image``, ``inode``) gives the node its attributes and contents.
     """
 
-    __slots__ = ("ino", "parts")
+    __slots__ = ("ino", "parts", "image", "inode")
 
-    def __init__(self, ino: int, parts: tuple[tuple[ErofsImage, Inode], ...]):
+    def __init__(self, ino: int, parts: tuple[Layer, ...]):
         self.ino = ino
         self.parts = parts
-
-    @property
-    def image(self) -> ErofsImage:
-        return self.parts[0][0]
-
-    @property
-    def inode(self) -> Inode:
-        return self.parts[0][1]
+        self.image, self.inode = parts[0]
 
     def __repr__(self) -> str:
-        return f"<Node ino={self.ino} {self.parts[0][1]!r} layers={len(self.parts)}>"
+        return f"<Node ino={self.ino} {self.inode!r} layers={len(self.parts)}>"
 
 
 class Tree:
@@ -83,11 +84,11 @@ class Tree:
             yield name, child.ino, stat.S_IFMT(child.inode.mode), position
 
     def stat(self, node: Node) -> StatResult:
-        img, ino = node.parts[0]
-        return replace(img.stat(ino), st_ino=node.ino, st_nlink=self.nlink(node))
+        """What ``lstat`` shows for ``node``: its top inode under the node's own number and link count."""
+        return StatResult.of(node.inode, node.ino, self.nlink(node))
 
     def nlink(self, node: Node) -> int:
-        return node.parts[0][1].nlink
+        return node.inode.nlink
 
     def read(self, node: Node, offset: int, size: int) -> bytes:
         return node.image.read(node.inode, offset, size)
@@ -96,7 +97,7 @@ class Tree:
         return node.image.readlink(node.inode)
 
     def xattrs(self, node: Node) -> list[tuple[bytes, bytes]]:
-        return node.image.xattrs.items(node.inode)
+        return node.image.xattrs(node.inode)
 
     def getxattr(self, node: Node, name: bytes) -> bytes:
         return node.image.getxattr(node.inode, name)
@@ -114,9 +115,8 @@ class Tree:
 
 def image_stats(img: ErofsImage) -> FsStats:
     """statfs as the kernel reports it: all blocks used, inode count from the superblock."""
-    blocks = img.sb.primary_blocks + sum(slot.blocks for slot in img.devices.slots)
     files = (1 << 64) - 1
-    return FsStats(img.sb.block_size, blocks, files, files - img.sb.inos)
+    return FsStats(img.sb.block_size, img.total_blocks, files, files - img.sb.inos)
 
 
 class ImageTree(Tree):
@@ -124,24 +124,24 @@ class ImageTree(Tree):
 
     def __init__(self, image: ErofsImage):
         self.image = image
-        self.root = Node(ROOT_INO, ((image, image.root),))
+        self.root = Node(ROOT_INO, (Layer(image, image.root),))
         self._root_nid = image.root_nid
 
     def images(self) -> list[ErofsImage]:
         return [self.image]
 
     def node(self, nid: int) -> Node:
-        if nid == self._root_nid:
-            return self.root
-        img = self.image
-        return Node(nid + 2, ((img, img.inode(nid)),))
+        return self.root if nid == self._root_nid else self._node_of(self.image.inode(nid))
+
+    def _node_of(self, ino: Inode) -> Node:
+        return self.root if ino.nid == self._root_nid else Node(ino.nid + 2, (Layer(self.image, ino),))
 
     def node_by_ino(self, ino: int) -> Node:
         return self.root if ino == ROOT_INO else self.node(ino - 2)
 
     def lookup(self, parent: Node, name: bytes) -> Node | None:
-        found = self.image.dirs.lookup(parent.inode, name)
-        return None if found is None else self.node(found[0])
+        child = self.image.lookup(parent.inode, name)
+        return None if child is None else self._node_of(child)
 
     def entries(self, node: Node, start: int) -> Iterator[tuple[bytes, Node, int]]:
         for name, ino, _, position in self.listing(node, start):
@@ -155,7 +155,7 @@ class ImageTree(Tree):
         modes = d.FILE_TYPE_MODES
         ino = node.inode
         own, root_nid = node.ino, self._root_nid
-        for name, nid, file_type, offset in self.image.dirs.entries(ino, max(start - 1, 0)):
+        for name, nid, file_type, offset in self.image.dirents(ino, max(start - 1, 0)):
             if name == b".":
                 number = own
             elif nid == root_nid:
@@ -171,13 +171,3 @@ class ImageTree(Tree):
     def statfs(self) -> FsStats:
         return image_stats(self.image)
 
-
-def open_tree(source: str, devices: list[str] = (), offset: int = 0, **cache) -> Tree:
-    """An ``ImageTree`` for an image, or a ``StackTree`` for a stack file (JSON)."""
-    from .stack import StackTree, is_stack_file, load_stack_file
-
-    if is_stack_file(source):
-        if devices or offset:
-            raise ValueError("--device and --offset belong in the stack file's layers")
-        return StackTree(load_stack_file(source, **cache))
-    return ImageTree(ErofsImage(os.fspath(source), list(devices), offset, **cache))
