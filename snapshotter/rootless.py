@@ -33,8 +33,8 @@ from pathlib import Path
 from erofsfuse.host.mounting import MS_BIND, mount
 
 from .layout import Layout
-from .main import DEFAULTS, parse_settings
 from .mounts import mounts_under, unmount
+from .settings import DEFAULTS, parse_settings
 
 log = logging.getLogger("erofs-snapshotter rootless")
 
