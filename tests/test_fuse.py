@@ -255,6 +255,8 @@ def test_unprivileged_user_mount():
             _check_unprivileged_mount(as_nobody, mnt)
         finally:
             os.chmod("/dev/fuse", mode)
+            if is_mounted(str(mnt)):  # the user could not unmount (fusermount3 needs /etc/mtab): not left behind
+                unmount(str(mnt))
 
 
 def _check_unprivileged_mount(as_user: list[str], mnt: Path) -> None:
