@@ -3,8 +3,10 @@
 mkfs.erofs copies the tree as it is, so overlay's whiteouts (0:0 character devices) and opaque markers
 (``trusted.overlay.opaque``/``user.overlay.opaque`` xattrs) end up in the blob, where the kernel's
 overlayfs and erofsfuse's stacks interpret them. Data is stored uncompressed: the layer is read often and
-converting must stay cheap next to unpacking the tar. The blob is written to a temporary file, synced and
-renamed, so a crash never leaves a half-written ``layer.erofs``.
+converting must stay cheap next to unpacking the tar. Where chains are flattened, each file's data also
+lies in whole blocks (``flatten.MKFS_OPTIONS``: no tail inline in the metadata), so that a chain's fsmeta
+can refer to it. The blob is written to a temporary file, synced and renamed, so a crash never leaves a
+half-written ``layer.erofs``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,14 +124,15 @@ class Readahead:
                 os.close(fd)
 
 
-def build_layer(upper: Path, blob: Path, mkfs: str = "mkfs.erofs") -> None:
-    """Write ``blob`` from the tree at ``upper`` (atomically: temp file, fsync, rename)."""
+def build_layer(upper: Path, blob: Path, mkfs: str = "mkfs.erofs", options: Sequence[str] = ()) -> None:
+    """Write ``blob`` from the tree at ``upper`` with mkfs.erofs ``options`` (atomically: temp file, fsync,
+    rename)."""
     if not shutil.which(mkfs):
         raise ConversionError(f"{mkfs} not found")
     started = time.monotonic()
-    with _staged(blob) as tmp:
+    with staged(blob) as tmp:
         with Readahead(upper):
-            proc = subprocess.Popen([mkfs, "--quiet", str(tmp), str(upper)], stdout=subprocess.PIPE,
+            proc = subprocess.Popen([mkfs, "--quiet", *options, str(tmp), str(upper)], stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
             try:
                 fault_point("commit:converting")
@@ -147,7 +150,7 @@ def build_layer(upper: Path, blob: Path, mkfs: str = "mkfs.erofs") -> None:
 def copy_layer(source: Path, blob: Path) -> None:
     """Put a copy of a blob that containerd's EROFS differ wrote at ``blob``, synced; ``source`` stays until
     the commit is recorded (a hard link when both are on one filesystem)."""
-    with _staged(blob) as tmp:
+    with staged(blob) as tmp:
         try:
             os.link(source, tmp)
         except OSError:  # a separate writable filesystem
@@ -155,9 +158,9 @@ def copy_layer(source: Path, blob: Path) -> None:
 
 
 @contextlib.contextmanager
-def _staged(blob: Path) -> Iterator[Path]:
-    """A temporary name beside ``blob`` to write it under: once written it is made read-only for others, put on
-    disk and renamed into place; whatever a failure leaves there is removed."""
+def staged(blob: Path) -> Iterator[Path]:
+    """A temporary name beside ``blob`` (a layer blob or an fsmeta) to write it under: once written it is made
+    read-only for others, put on disk and renamed into place; whatever a failure leaves there is removed."""
     tmp = blob.with_name(f".{blob.name}.{uuid.uuid4().hex}.tmp")
     try:
         yield tmp

@@ -4,7 +4,13 @@ Each operation runs under one lock and one metadata transaction; a failure rolls
 removes what the operation created. The one slow step, building a layer blob at commit, runs outside the
 lock so other requests go on meanwhile. Mounts that no live snapshot needs any more are released after
 every commit and removal, and at start and Cleanup; an erofsfuse daemon that a removal left unused stays up
-idle until its time is up (idle.py), when a timer thread releases it.
+idle until its time is up (idle.py), when a timer thread releases it. While an image is unpacked, the layers
+under the layer just unpacked stay mounted for the next one's snapshot (for ``UNPACK_PAUSE`` seconds), so an
+image of N layers takes N layer mounts to unpack, not N²/2.
+
+In kernel mode a chain deeper than ``flatten_layers`` is flattened (planner.py): its fsmeta is built before
+the first snapshot on it is created, outside the lock like a commit's blob, and never rewritten; it lives in
+the top layer's directory and goes with it.
 
 Crash safety: the committed record is the commit point. A blob is complete and synced before the record
 says committed and only then takes the name ``layer.erofs``; directories are made inside the creating
@@ -17,31 +23,53 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from . import filters
-from .convert import Usage, blob_usage, build_layer, copy_layer, rename_synced, sync_layer, tree_usage
+from .convert import Usage, blob_usage, build_layer, copy_layer, rename_synced, staged, sync_layer, tree_usage
 from .daemons import FuseDaemons, daemon_processes, find_erofsfuse, resident_memory
-from .errors import FailedPrecondition, InvalidArgument, MountError, NotFound
+from .errors import ConversionError, FailedPrecondition, InvalidArgument, MountError, NotFound
 from .faults import fault_point
+from .flatten import MKFS_OPTIONS, NotFlattenable, build_fsmeta
 from .idle import ExpiryTimer, IdlePolicy, IdleStack, boot_clock, judge_idle
-from .layout import Layout, make_dir
+from .layout import Layout, make_dir, write_file
 from .metadata import Kind, MetadataStore, Snapshot
 from .mounts import host_capabilities, mount_erofs, mounts_under, unmount
 from .planner import (
     ChainUse,
+    Flattening,
     HostCapabilities,
     Mode,
     ModeChoice,
     MountSpec,
+    chain_stack,
     choose_mode,
+    fits_mount_data,
+    flattened_labels,
+    flattens,
+    fsmeta_devices,
+    fsmeta_mount,
     plan_mounts,
     required_mounts,
+    unpacking,
 )
 from .trash import Trash
 
 log = logging.getLogger(__name__)
+
+# seconds the layers under a layer just unpacked stay mounted, waiting for the next layer's snapshot
+UNPACK_PAUSE = 30.0
+
+
+def flattening_of(snap: Snapshot) -> Flattening:
+    return Flattening(snap.flattening) if snap.flattening else Flattening.NONE
+
+
+def erofs_source(target: Path) -> str | None:
+    """The source of the erofs mount at ``target`` (None if there is none)."""
+    return next((m.source for m in mounts_under(target) if m.target == target and m.fstype == "erofs"), None)
 
 
 def snapshot_fields(snap: Snapshot) -> filters.FieldLookup:
@@ -62,32 +90,41 @@ def chain_uses(snapshots: Iterable[Snapshot]) -> list[ChainUse]:
         while layer is not None:
             chain.append(layer)
             layer = parents[layer]
-        uses.append(ChainUse(Mode(snap.mode), tuple(chain)))
+        uses.append(ChainUse(Mode(snap.mode), tuple(chain), flattening_of(snap)))
     return uses
 
 
 class Snapshotter:
     def __init__(self, layout: Layout, mode: Mode = Mode.AUTO, *, host: HostCapabilities | None = None,
-                 erofsfuse: str | None = None, mkfs: str = "mkfs.erofs", idle: IdlePolicy | None = None) -> None:
+                 erofsfuse: str | None = None, mkfs: str = "mkfs.erofs", idle: IdlePolicy | None = None,
+                 flatten_layers: int = 0) -> None:
         layout.create_base()
         self.layout = layout
         self.mode = mode
         self.host = host or host_capabilities()
         self.mkfs = mkfs
         self.idle = idle or IdlePolicy()
+        # chains are only flattened where the kernel mounts them; every layer is then made referable, since any
+        # may end up in a deep chain
+        self.flatten_layers = flatten_layers if mode is not Mode.FUSE and not self.host.kernel_blocker() else 0
+        self.mkfs_options = MKFS_OPTIONS if self.flatten_layers else ()
         self.store = MetadataStore(layout.metadata_path)
         self.daemons = FuseDaemons(layout, find_erofsfuse(erofsfuse))
         self.trash = Trash(layout.trash_dirs)
         self._lock = threading.RLock()
         self._committing: set[int] = set()
+        self._flattening = threading.Lock()  # one fsmeta build at a time
+        self._building: set[int] = set()  # top layers whose fsmeta is being written
         self._closed = False
         self._expiry = ExpiryTimer(self._expire_idle)
         blocker = self.host.kernel_blocker()
-        log.info("root %s, mode %s; kernel erofs mounts %s; erofsfuse: %s; idle erofsfuse daemons stay up %s",
+        log.info("root %s, mode %s; kernel erofs mounts %s; erofsfuse: %s; idle erofsfuse daemons stay up %s; "
+                 "chains flattened %s",
                  layout.root, mode.value, f"impossible ({blocker})" if blocker else "possible",
                  self.daemons.binary or "not found",
                  f"for {self.idle.seconds:g}s (at most {self.idle.max_daemons}, {self.idle.max_memory >> 20} MiB)"
-                 if self.idle.lingers else "not at all")
+                 if self.idle.lingers else "not at all",
+                 f"beyond {self.flatten_layers} layers" if self.flatten_layers else "never")
         self.trash.requeue_leftovers()
         self.recover()
         self.restore_mounts()
@@ -109,16 +146,21 @@ class Snapshotter:
         return self._create(Kind.VIEW, key, parent, labels)
 
     def _create(self, kind: Kind, key: str, parent_key: str, labels: Mapping[str, str]) -> list[MountSpec]:
+        if parent_key:
+            self._flatten_ahead(key, parent_key)
         with self._lock:
             try:
                 with self.store.transaction() as store:
                     store.require_absent(key)
                     parent = store.committed_parent(parent_key) if parent_key else None
                     chain = store.ancestors(parent.id) if parent else []
-                    choice = self._choose_mode(chain) if chain else None
+                    choice, flattening = self._choose_mode(kind, key, chain) if chain else (None, Flattening.NONE)
                     fault_point("create:mounted")
-                    snap = store.create(kind, key, parent, {**labels, **(choice.labels() if choice else {})},
-                                        choice.mode.value if choice else None)
+                    snap = store.create(kind, key, parent,
+                                        {**labels, **(choice.labels() if choice else {}),
+                                         **flattened_labels(flattening, len(chain))},
+                                        choice.mode.value if choice else None,
+                                        None if flattening is Flattening.NONE else flattening.value)
                     try:
                         self._discard_dirs(snap.id)  # leftovers of a lost database must not leak into it
                         self.layout.create_snapshot(snap.id, active=kind is Kind.ACTIVE)
@@ -131,29 +173,81 @@ class Snapshotter:
                 self.release_unused()  # mounts made for a snapshot that was not created
                 raise
             if choice:
-                log.info("%s %r (#%d) on %d layers: %s mode, %s", kind.name.lower(), key, snap.id, len(chain),
-                         choice.mode.value, choice.reason)
+                log.info("%s %r (#%d) on %d layers: %s mode%s, %s", kind.name.lower(), key, snap.id, len(chain),
+                         choice.mode.value, "" if flattening is Flattening.NONE else f", flattened ({flattening})",
+                         choice.reason)
             else:
                 log.debug("%s %r (#%d) without parents", kind.name.lower(), key, snap.id)
+            if flattening is Flattening.SPEC:
+                self.release_unused()  # the fsmeta mount made to try it, if no other snapshot uses it
             return self._plan(snap, chain)
 
-    def _choose_mode(self, chain: Sequence[int]) -> ModeChoice:
+    def _choose_mode(self, kind: Kind, key: str, chain: Sequence[int]) -> tuple[ModeChoice, Flattening]:
         """Pick the mode for a chain and make its mounts live (auto tries the kernel first)."""
         refusal = None
         if self.mode is Mode.AUTO and self.host.kernel_blocker() is None:
             try:
-                self._mount_layers(chain)
+                flattening = self._mount_kernel(kind, key, chain)
             except MountError as exc:
                 refusal = str(exc)
             else:
-                return choose_mode(self.mode, self.host)  # kernel mode, its layers already mounted
+                return choose_mode(self.mode, self.host), flattening  # kernel mode, already mounted
         choice = choose_mode(self.mode, self.host, refusal)
-        self._activate(choice.mode, chain)
-        return choice
+        if choice.mode is Mode.KERNEL:
+            return choice, self._mount_kernel(kind, key, chain)
+        self.daemons.ensure(chain)
+        return choice, Flattening.NONE
 
     def _plan(self, snap: Snapshot, chain: Sequence[int]) -> list[MountSpec]:
         mode = Mode(snap.mode) if snap.mode else None
-        return plan_mounts(snap.id, snap.kind, chain, mode, self.layout, userxattr=self.host.in_user_namespace)
+        return plan_mounts(snap.id, snap.kind, chain, mode, self.layout, userxattr=self.host.in_user_namespace,
+                           flattening=flattening_of(snap))
+
+    # -- flattening ---------------------------------------------------------------------------------------
+    def _flatten_ahead(self, key: str, parent_key: str) -> None:
+        """Build the fsmeta of the chain a new snapshot will be flattened on, if it has none yet: outside the
+        lock, as a large chain takes seconds, and one build at a time. A chain that cannot be flattened, or
+        whose fsmeta cannot be written, is served layer by layer."""
+        if not self.flatten_layers:
+            return
+        with self._lock, self.store.transaction() as store:
+            parent = store.find(parent_key)
+            if parent is None or parent.kind is not Kind.COMMITTED:
+                return  # _create says why
+            chain = store.ancestors(parent.id)
+        if not flattens(key, len(chain), self.flatten_layers):
+            return
+        with self._flattening:
+            try:
+                self._build_fsmeta(chain)
+            except (OSError, ConversionError) as exc:  # e.g. the chain was removed meanwhile, or the disk is full
+                log.error("cannot write the fsmeta of chain %d: %s", chain[0], exc)
+
+    def _build_fsmeta(self, chain: Sequence[int]) -> None:
+        """Write the chain's fsmeta (synced, then renamed into place: it is complete whenever it exists), or
+        the reason it cannot be built, which spares later snapshots another try."""
+        top = chain[0]
+        fsmeta, refusal = self.layout.fsmeta(top), self.layout.fsmeta_refusal(top)
+        if fsmeta.exists() or refusal.exists():
+            return
+        devices = fsmeta_devices(chain, self.layout)
+        started = time.monotonic()
+        with self._lock:
+            self._building.add(top)  # recover() leaves its temporary file alone
+        try:
+            with staged(fsmeta) as tmp:
+                built = build_fsmeta(chain_stack(chain, self.layout), tmp)
+                if built.devices != devices:
+                    raise ConversionError(f"the fsmeta of chain {top} refers to {built.devices}, not the layers")
+        except NotFlattenable as exc:
+            log.warning("chain %d (%d layers) is mounted layer by layer: %s", top, len(chain), exc)
+            write_file(refusal, f"{exc}\n".encode(), 0o644)
+            return
+        finally:
+            with self._lock:
+                self._building.discard(top)
+        log.info("flattened chain %d: %d layers, %d inodes (%d files referring to layer data) in a %d-byte fsmeta "
+                 "in %.2fs", top, len(chain), built.inodes, built.files, built.size, time.monotonic() - started)
 
     # -- mounts -------------------------------------------------------------------------------------------
     def _mount_layers(self, chain: Sequence[int]) -> None:
@@ -164,19 +258,55 @@ class Snapshotter:
                 mount_erofs(self.layout.blob(layer), target)
                 log.debug("mounted layer #%d at %s", layer, target)
 
-    def _activate(self, mode: Mode, chain: Sequence[int]) -> None:
-        """Make sure the mounts serving ``chain`` are live (again, after a reboot or a crashed daemon)."""
-        if mode is Mode.KERNEL:
-            self._mount_layers(chain)
-        else:
-            self.daemons.ensure(chain)
+    def _mount_kernel(self, kind: Kind, key: str, chain: Sequence[int]) -> Flattening:
+        """Mount ``chain`` for a new snapshot in kernel mode: flattened where it is deep and its fsmeta was built
+        (a view gets the fsmeta's own mount where containerd can perform it), else layer by layer."""
+        top = chain[0]
+        if flattens(key, len(chain), self.flatten_layers) and self.layout.fsmeta(top).is_file():
+            try:
+                source = self._mount_fsmeta(chain)
+            except MountError as exc:
+                log.warning("chain %d: %s; mounting its %d layers instead", top, exc, len(chain))
+            else:
+                spec = fsmeta_mount(chain, self.layout)
+                if kind is Kind.VIEW and source == spec.source and fits_mount_data(spec):
+                    return Flattening.SPEC
+                return Flattening.MOUNT
+        self._mount_layers(chain)
+        return Flattening.NONE
 
-    def release_unused(self, *, outgrown: int | None = None) -> None:
-        """Unmount layers that no active snapshot or view needs, and stop the erofsfuse daemons no snapshot
-        needs whose idle time is up (``_release_idle``).
+    def _mount_fsmeta(self, chain: Sequence[int]) -> str:
+        """Mount the chain's fsmeta at the top layer's ``flat/`` unless it is mounted there. Returns the mount's
+        source: the fsmeta itself, or a loop device where the kernel does not read the file directly."""
+        target = self.layout.fsmeta_mountpoint(chain[0])
+        source = erofs_source(target)
+        if source is None:
+            make_dir(target, 0o755)
+            mount_erofs(self.layout.fsmeta(chain[0]), target, fsmeta_devices(chain, self.layout))
+            log.debug("mounted the fsmeta of chain %d (%d layers) at %s", chain[0], len(chain), target)
+            source = erofs_source(target)
+        if source is None:
+            raise MountError(f"the fsmeta of chain {chain[0]} is not in the mount table after mounting it at {target}")
+        return source
+
+    def _activate(self, mode: Mode, chain: Sequence[int], flattening: Flattening = Flattening.NONE) -> None:
+        """Make sure the mounts serving ``chain`` are live (again, after a reboot or a crashed daemon)."""
+        if mode is Mode.FUSE:
+            self.daemons.ensure(chain)
+        elif flattening is Flattening.NONE:
+            self._mount_layers(chain)
+        elif flattening is Flattening.MOUNT:
+            self._mount_fsmeta(chain)
+        # Flattening.SPEC: containerd mounts the fsmeta itself
+
+    def release_unused(self, *, outgrown: int | None = None, unpacked: Sequence[int] = ()) -> None:
+        """Unmount layers and fsmetas that no active snapshot or view needs, and stop the erofsfuse daemons no
+        snapshot needs whose idle time is up (``_release_idle``).
 
         ``outgrown`` is the top of a chain whose snapshot was just committed: the chain ending in that snapshot
-        takes its place (an image being unpacked layer by layer), so its daemon stops at once.
+        takes its place (an image being unpacked layer by layer), so its daemon stops at once. ``unpacked`` are
+        the layers under a layer just unpacked in kernel mode: they stay mounted for ``UNPACK_PAUSE`` seconds,
+        as the next layer's snapshot needs them all again.
         """
         with self._lock:
             with self.store.transaction() as store:
@@ -190,9 +320,14 @@ class Snapshotter:
                     continue
                 layer, role = owner
                 try:
-                    if role == "fs" and entry.fstype == "erofs" and layer not in required.kernel_layers:
-                        log.debug("unmounting layer #%d: no snapshot uses it", layer)
-                        unmount(entry.target)
+                    if role == "fs" and entry.fstype == "erofs":
+                        if layer not in required.kernel_layers and layer not in unpacked:
+                            log.debug("unmounting layer #%d: no snapshot uses it", layer)
+                            unmount(entry.target)
+                    elif role == "flat" and entry.fstype == "erofs":
+                        if layer not in required.fsmeta_mounts:
+                            log.debug("unmounting the fsmeta of chain %d: no snapshot uses it", layer)
+                            unmount(entry.target)
                     elif role != "stack" or layer in required.fuse_stacks:
                         continue
                     elif layer not in committed:
@@ -203,13 +338,15 @@ class Snapshotter:
                         unused[layer] = entry.target
                 except MountError as exc:  # try again at the next release; the request itself went fine
                     log.warning("%s", exc)
-            self._release_idle(unused)
+            idle_expiry = self._release_idle(unused)
+            unpack_expiry = boot_clock() + UNPACK_PAUSE if unpacked else None
+            self._expiry.set(min(filter(None, (idle_expiry, unpack_expiry)), default=None))
             for top, users in required.users.items():
                 log.debug("erofsfuse for chain %d: %d users", top, users)
 
-    def _release_idle(self, unused: Mapping[int, Path]) -> None:
-        """Stop the unused daemons that idle.judge_idle says must go, mark when the others went idle, and set
-        the timer for the first of them to expire."""
+    def _release_idle(self, unused: Mapping[int, Path]) -> float | None:
+        """Stop the unused daemons that idle.judge_idle says must go and mark when the others went idle; returns
+        when the first of them expires."""
         now = boot_clock()
         processes = daemon_processes(unused.values()) if unused and self.idle.lingers else {}
         since = {top: self.daemons.idle_since(top) for top in unused}
@@ -227,7 +364,7 @@ class Snapshotter:
                     self.daemons.mark_idle(stack.top, stack.since)
             except (MountError, OSError) as exc:  # try again at the next release
                 log.warning("erofsfuse for chain %d: %s", stack.top, exc)
-        self._expiry.set(verdict.next_expiry)
+        return verdict.next_expiry
 
     def _expire_idle(self) -> None:
         with self._lock:
@@ -241,7 +378,7 @@ class Snapshotter:
                 raise FailedPrecondition(f"snapshot {key!r} is committed: only active snapshots and views have mounts")
             chain = store.ancestors(snap.parent_id) if snap.parent_id else []
             if chain:
-                self._activate(Mode(snap.mode), chain)
+                self._activate(Mode(snap.mode), chain, flattening_of(snap))
             return self._plan(snap, chain)
 
     # -- committing -----------------------------------------------------------------------------------------
@@ -255,6 +392,9 @@ class Snapshotter:
             if active.id in self._committing:
                 raise FailedPrecondition(f"snapshot {key!r} is being committed")
             self._committing.add(active.id)
+            # the layers under a layer unpacked in kernel mode, which the next layer's snapshot needs again
+            unpacked = store.ancestors(active.parent_id) \
+                if active.parent_id and unpacking(key) and active.mode == Mode.KERNEL else []
         staged = self.layout.staged_blob(active.id)
         recorded = False
         try:
@@ -279,7 +419,7 @@ class Snapshotter:
             with self._lock:
                 self._committing.discard(active.id)
         log.info("committed %r as %r (#%d): %d bytes, %d inodes", key, name, active.id, usage.size, usage.inodes)
-        self.release_unused(outgrown=active.parent_id)
+        self.release_unused(outgrown=active.parent_id, unpacked=unpacked)
         return committed
 
     def _new_parent(self, active: Snapshot, parent_key: str) -> Snapshot | None:
@@ -302,7 +442,7 @@ class Snapshotter:
                 return written
             copy_layer(written, staged)
         else:
-            build_layer(self.layout.upper_dir(snapshot_id), staged, self.mkfs)
+            build_layer(self.layout.upper_dir(snapshot_id), staged, self.mkfs, self.mkfs_options)
         return staged
 
     def _finish_commit(self, snapshot_id: int) -> None:
@@ -365,7 +505,7 @@ class Snapshotter:
             with self.store.transaction() as store:
                 records = store.all()
                 live = {s.id for s in records}
-                snapshots = [s for s in records if s.id not in self._committing]
+                snapshots = [s for s in records if s.id not in self._committing | self._building]
             for path, owner in self.layout.snapshot_dirs().items():
                 if owner not in live and owner not in self._committing:
                     log.info("deleting %s, which no snapshot owns", path)
@@ -404,7 +544,7 @@ class Snapshotter:
             self.daemons.report_adopted()
             for use in sorted(uses, key=lambda u: u.chain):
                 try:
-                    self._activate(use.mode, use.chain)
+                    self._activate(use.mode, use.chain, use.flattening)
                 except MountError as exc:
                     log.error("cannot mount chain %d: %s", use.chain[0], exc)
 
@@ -433,6 +573,6 @@ class Snapshotter:
 
 def open_snapshotter(root: Path, mode: Mode, *, writable_root: Path | None = None, erofsfuse: str | None = None,
                      mkfs: str = "mkfs.erofs", idle: IdlePolicy | None = None,
-                     host: HostCapabilities | None = None) -> Snapshotter:
+                     host: HostCapabilities | None = None, flatten_layers: int = 0) -> Snapshotter:
     return Snapshotter(Layout(root.resolve(), writable_root.resolve() if writable_root else None), mode,
-                       host=host, erofsfuse=erofsfuse, mkfs=mkfs, idle=idle)
+                       host=host, erofsfuse=erofsfuse, mkfs=mkfs, idle=idle, flatten_layers=flatten_layers)

@@ -116,6 +116,6 @@ class ExpiryTimer:
                 try:
                     self._expire()
                 except Exception:
-                    log.exception("stopping idle erofsfuse daemons failed")
+                    log.exception("releasing unused mounts and daemons failed")
                 finally:
                     self._changed.acquire()

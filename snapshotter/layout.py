@@ -12,6 +12,10 @@ become path components. Every snapshot gets ``snapshots/<id>/`` under the root::
     snapshots/<id>/stack.json    fuse mode: that chain, bottom layer first
     snapshots/<id>/stack.log     fuse mode: that daemon's log
     snapshots/<id>/stack.idle    fuse mode: when the daemon's last snapshot went, while it stays up idle
+    snapshots/<id>/fsmeta.erofs  kernel mode, a flattened chain ending at this layer: its metadata, which
+                                 refers to the layers' blobs as extra devices (built once, never rewritten)
+    snapshots/<id>/fsmeta.refused  ... or why the chain cannot be flattened (a layer's data is not referable)
+    snapshots/<id>/flat/         ... where the snapshotter mounts that fsmeta
 
 With a separate writable root, ``fs/``, ``work/`` and ``.erofslayer`` of active snapshots live in
 ``<writable root>/snapshots/<id>/`` instead (committed layers stay under the root).
@@ -98,6 +102,15 @@ class Layout:
 
     def stack_idle(self, snapshot_id: int) -> Path:
         return self.snapshot_dir(snapshot_id) / "stack.idle"
+
+    def fsmeta(self, snapshot_id: int) -> Path:
+        return self.snapshot_dir(snapshot_id) / "fsmeta.erofs"
+
+    def fsmeta_refusal(self, snapshot_id: int) -> Path:
+        return self.snapshot_dir(snapshot_id) / "fsmeta.refused"
+
+    def fsmeta_mountpoint(self, snapshot_id: int) -> Path:
+        return self.snapshot_dir(snapshot_id) / "flat"
 
     def create_base(self) -> None:
         """The roots and their ``snapshots/`` and ``trash/``, private to root (also if they already existed)."""

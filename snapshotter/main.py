@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     snapshotter = open_snapshotter(Path(str(settings["root"])), mode,
                                    writable_root=Path(writable) if writable else None,
                                    erofsfuse=erofsfuse, mkfs=str(settings["mkfs_erofs"]),
-                                   idle=idle_policy(settings), host=host)
+                                   idle=idle_policy(settings), host=host,
+                                   flatten_layers=int(str(settings["flatten_layers"])))
     group = settings["socket_group"]
     server = serve(snapshotter, Path(str(settings["address"])), group=int(group) if group else None)
     signum = os.read(wake, 1)[0]

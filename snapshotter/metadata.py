@@ -32,14 +32,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
     labels      TEXT NOT NULL,
     mode        TEXT,
     size        INTEGER NOT NULL DEFAULT 0,
-    inodes      INTEGER NOT NULL DEFAULT 0
+    inodes      INTEGER NOT NULL DEFAULT 0,
+    flattening  TEXT
 );
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
 """
+# columns added since the first schema, added to a database made before them: name -> declaration
+_ADDED_COLUMNS = {"flattening": "TEXT"}
 
 DATABASE_MODE = 0o600
 _COLUMNS = ("s.id, s.key, s.kind, s.parent_id, p.key, s.created_ns, s.updated_ns, s.labels, s.mode, s.size,"
-            " s.inodes")
+            " s.inodes, s.flattening")
 _SELECT = f"SELECT {_COLUMNS} FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id"
 
 
@@ -64,12 +67,13 @@ class Snapshot:
     mode: str | None = None  # how the parent chain is mounted for this snapshot ("kernel"/"fuse"; why: a label)
     size: int = 0  # usage recorded at commit
     inodes: int = 0
+    flattening: str | None = None  # kernel mode: whether and how the chain is flattened (planner.Flattening)
 
     @classmethod
     def _from_row(cls, row: tuple) -> Snapshot:
-        sid, key, kind, parent_id, parent, created, updated, labels, mode, size, inodes = row
+        sid, key, kind, parent_id, parent, created, updated, labels, mode, size, inodes, flattening = row
         return cls(sid, key, Kind(kind), parent_id, parent or "", created, updated, json.loads(labels), mode, size,
-                   inodes)
+                   inodes, flattening)
 
 
 def _clean_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -93,6 +97,10 @@ class MetadataStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(_SCHEMA)
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(snapshots)")}
+        for name, declaration in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._conn.execute(f"ALTER TABLE snapshots ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -161,13 +169,14 @@ class MetadataStore:
             raise AlreadyExists(f"snapshot {key!r} already exists")
 
     def create(self, kind: Kind, key: str, parent: Snapshot | None, labels: dict[str, str],
-               mode: str | None = None) -> Snapshot:
+               mode: str | None = None, flattening: str | None = None) -> Snapshot:
         """Insert a record for a key checked with ``require_absent`` in the same transaction."""
         now = time.time_ns()
         cur = self._conn.execute(
-            "INSERT INTO snapshots (key, parent_id, kind, created_ns, updated_ns, labels, mode)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key, parent.id if parent else None, int(kind), now, now, json.dumps(_clean_labels(labels)), mode))
+            "INSERT INTO snapshots (key, parent_id, kind, created_ns, updated_ns, labels, mode, flattening)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, parent.id if parent else None, int(kind), now, now, json.dumps(_clean_labels(labels)), mode,
+             flattening))
         return self.by_id(cur.lastrowid)
 
     def commit(self, active: Snapshot, name: str, labels: dict[str, str], parent: Snapshot | None,
@@ -179,7 +188,7 @@ class MetadataStore:
         now = time.time_ns()
         self._conn.execute(
             "UPDATE snapshots SET key = ?, kind = ?, parent_id = ?, created_ns = ?, updated_ns = ?, labels = ?,"
-            " mode = NULL, size = ?, inodes = ? WHERE id = ?",
+            " mode = NULL, flattening = NULL, size = ?, inodes = ? WHERE id = ?",
             (name, int(Kind.COMMITTED), parent.id if parent else None, now, now, json.dumps(_clean_labels(labels)),
              size, inodes, active.id))
         return self.by_id(active.id)

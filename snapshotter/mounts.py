@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from erofsfuse.host import mounting
@@ -24,12 +25,14 @@ from .planner import HostCapabilities
 
 log = logging.getLogger(__name__)
 
-def mount_erofs(blob: Path, target: Path) -> None:
-    """Mount a layer blob read-only: file-backed where the kernel can (6.12+), else through a loop device."""
+def mount_erofs(blob: Path, target: Path, devices: Sequence[str] = ()) -> None:
+    """Mount a layer blob (or an fsmeta with its extra ``devices``) read-only: file-backed where the kernel can
+    (6.12+), else through loop devices; one ``device`` at a time when they do not fit in a page."""
     try:
-        mounting.mount_erofs(blob, target)
+        mounting.mount_erofs(blob, target, devices)
     except mounting.MountError as exc:
-        raise MountError(f"kernel refused layer {blob}: {os.strerror(exc.errno)}") from exc
+        what = f"fsmeta {blob} with {len(devices)} devices" if devices else f"layer {blob}"
+        raise MountError(f"kernel refused {what}: {os.strerror(exc.errno)}") from exc
 
 
 def unmount(target: Path) -> None:

@@ -10,15 +10,25 @@ rules can be read and tested in one place:
 * fuse mode: one erofsfuse daemon serves a whole committed chain as one merged tree at the top layer's
   ``stack/``; clients get an ``overlay`` with that single lowerdir (or a read-only bind for a view).
 * auto: kernel when the host allows it and the kernel accepts the layers, fuse otherwise.
+
+Kernel mode flattens a chain deeper than ``flatten_layers``: one metadata-only EROFS image of the whole
+chain (its fsmeta, ``flatten.py``) refers to every layer's blob as an extra device, so a single ``erofs``
+mount replaces one mount per layer and the overlay's ``lowerdir=`` has one entry however deep the chain.
+Clients get an overlay on the snapshotter's mount of the fsmeta (``flat/``), and a view the ``erofs``
+mount of the fsmeta itself, which containerd performs, where its options fit in the page mount(2) takes
+and the kernel mounts the fsmeta file directly; a bind of ``flat/`` otherwise. Snapshots that containerd
+unpacks a layer into keep one mount per layer: it writes the layer into the upper dir itself and only
+reads the lower dirs, and an fsmeta for every prefix of an image would make unpacking quadratic.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from erofsfuse.fuse.stackfile import StackFile, StackLayer
+from erofsfuse.host.mounting import PAGE_SIZE
 
 from .layout import Layout
 from .metadata import Kind
@@ -32,6 +42,36 @@ class Mode(enum.StrEnum):
 
 MODE_LABEL = "containerd.io/snapshot/erofs.mode"
 MODE_REASON_LABEL = "containerd.io/snapshot/erofs.mode-reason"
+FLATTENED_LABEL = "containerd.io/snapshot/erofs.flattened"
+# containerd names the snapshot it unpacks a layer into "extract-<unique part> <chain id>" (after its
+# "<namespace>/<number>/" prefix)
+UNPACK_KEY_PREFIX = "extract-"
+
+
+class Flattening(enum.StrEnum):
+    """How a kernel-mode chain reaches a snapshot's clients."""
+
+    NONE = "none"  # one erofs mount per layer (fuse mode: the chain's erofsfuse mount)
+    MOUNT = "mount"  # the snapshotter's one erofs mount of the chain's fsmeta at the top layer's flat/
+    SPEC = "spec"  # a view: the erofs mount of the fsmeta itself, which containerd performs
+
+
+def unpacking(key: str) -> bool:
+    """Whether ``key`` names a snapshot containerd unpacks an image layer into."""
+    return key.split("/", 2)[-1].startswith(UNPACK_KEY_PREFIX)
+
+
+def flattens(key: str, depth: int, flatten_layers: int) -> bool:
+    """Whether a new snapshot ``key`` on a chain of ``depth`` layers gets the chain flattened in kernel mode
+    (``flatten_layers`` 0: never)."""
+    return 0 < flatten_layers < depth and not unpacking(key)
+
+
+def flattened_labels(flattening: Flattening, depth: int) -> dict[str, str]:
+    if flattening is Flattening.NONE:
+        return {}
+    how = "the erofs mount of its fsmeta" if flattening is Flattening.SPEC else "the overlay of its fsmeta's mount"
+    return {FLATTENED_LABEL: f"{depth} layers in one fsmeta; clients get {how}"}
 
 
 @dataclass(frozen=True)
@@ -85,20 +125,42 @@ def _bind(source: str, *, readonly: bool) -> MountSpec:
     return MountSpec("bind", source, ("ro" if readonly else "rw", "rbind"))
 
 
-def lower_dirs(mode: Mode, chain: Sequence[int], layout: Layout) -> list[str]:
+def fsmeta_devices(chain: Sequence[int], layout: Layout) -> list[str]:
+    """The extra devices of a chain's fsmeta: its layers' blobs, bottom first (each holds its files' data)."""
+    return [str(layout.blob(i)) for i in reversed(chain)]
+
+
+def fsmeta_mount(chain: Sequence[int], layout: Layout) -> MountSpec:
+    """The one erofs mount that shows a flattened chain."""
+    devices = tuple(f"device={d}" for d in fsmeta_devices(chain, layout))
+    return MountSpec("erofs", str(layout.fsmeta(chain[0])), ("ro", *devices))
+
+
+def fits_mount_data(spec: MountSpec) -> bool:
+    """Whether mount(2) takes the options of ``spec`` (containerd and runc mount with it): at most a page."""
+    return len(",".join(spec.options).encode()) < PAGE_SIZE
+
+
+def lower_dirs(mode: Mode, chain: Sequence[int], layout: Layout,
+               flattening: Flattening = Flattening.NONE) -> list[str]:
     """The overlay lower directories serving ``chain`` (committed ids, nearest parent first)."""
-    if mode is Mode.KERNEL:
+    if mode is Mode.FUSE:
+        return [str(layout.stack_mountpoint(chain[0]))]
+    if flattening is Flattening.NONE:
         return [str(layout.layer_mountpoint(i)) for i in chain]
-    return [str(layout.stack_mountpoint(chain[0]))]
+    return [str(layout.fsmeta_mountpoint(chain[0]))]
 
 
 def plan_mounts(snapshot_id: int, kind: Kind, chain: Sequence[int], mode: Mode | None, layout: Layout,
-                *, userxattr: bool) -> list[MountSpec]:
+                *, userxattr: bool, flattening: Flattening = Flattening.NONE) -> list[MountSpec]:
     """Mounts for an active or view snapshot whose parents are ``chain`` (nearest first)."""
     if not chain:
         return [_bind(str(layout.upper_dir(snapshot_id)), readonly=kind is Kind.VIEW)]
     assert mode in (Mode.KERNEL, Mode.FUSE), mode
-    lowers = lower_dirs(mode, chain, layout)
+    if flattening is Flattening.SPEC:
+        assert kind is Kind.VIEW, kind
+        return [fsmeta_mount(chain, layout)]
+    lowers = lower_dirs(mode, chain, layout, flattening)
     if kind is Kind.VIEW and len(lowers) == 1:
         return [_bind(lowers[0], readonly=True)]
     options: list[str] = ["userxattr"] if userxattr else []
@@ -114,6 +176,7 @@ class ChainUse:
 
     mode: Mode
     chain: tuple[int, ...]  # nearest parent first
+    flattening: Flattening = Flattening.NONE
 
 
 @dataclass(frozen=True)
@@ -121,6 +184,7 @@ class RequiredMounts:
     kernel_layers: frozenset[int]  # layers that must stay mounted at their fs/
     fuse_stacks: dict[int, tuple[int, ...]]  # top layer id -> its chain, for stacks that must keep running
     users: dict[int, int]  # top layer id -> number of snapshots using that stack (its reference count)
+    fsmeta_mounts: dict[int, tuple[int, ...]] = field(default_factory=dict)  # top -> chain, fsmeta mounted at flat/
 
 
 def required_mounts(uses: Iterable[ChainUse]) -> RequiredMounts:
@@ -128,17 +192,25 @@ def required_mounts(uses: Iterable[ChainUse]) -> RequiredMounts:
     kernel: set[int] = set()
     stacks: dict[int, tuple[int, ...]] = {}
     users: dict[int, int] = {}
+    flattened: dict[int, tuple[int, ...]] = {}
     for use in uses:
         if not use.chain:
             continue
-        if use.mode is Mode.KERNEL:
-            kernel.update(use.chain)
-        else:
+        if use.mode is Mode.FUSE:
             stacks[use.chain[0]] = use.chain
             users[use.chain[0]] = users.get(use.chain[0], 0) + 1
-    return RequiredMounts(frozenset(kernel), stacks, users)
+        elif use.flattening is Flattening.NONE:
+            kernel.update(use.chain)
+        elif use.flattening is Flattening.MOUNT:
+            flattened[use.chain[0]] = use.chain
+    return RequiredMounts(frozenset(kernel), stacks, users, flattened)
+
+
+def chain_stack(chain: Sequence[int], layout: Layout) -> StackFile:
+    """The layers of ``chain`` (nearest first) as a stack: bottom first."""
+    return StackFile(tuple(StackLayer(str(layout.blob(i))) for i in reversed(chain)))
 
 
 def stack_document(chain: Sequence[int], layout: Layout) -> dict:
-    """The erofsfuse stack file for ``chain`` (nearest first), as JSON: layers bottom first."""
-    return StackFile(tuple(StackLayer(str(layout.blob(i))) for i in reversed(chain))).to_document()
+    """The erofsfuse stack file for ``chain`` (nearest first), as JSON."""
+    return chain_stack(chain, layout).to_document()

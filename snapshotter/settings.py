@@ -10,6 +10,7 @@
     fuse_idle_seconds = 300      # fuse mode: how long a chain's daemon stays up after its last snapshot goes
     fuse_idle_max = 4            # ... how many daemons may be idle at once (the longest idle stops first)
     fuse_idle_memory_mib = 512   # ... and how much memory they may hold together
+    flatten_layers = 32          # kernel mode: chains deeper than this are mounted as one fsmeta (0: never)
     log_level = "info"
 """
 
@@ -24,10 +25,13 @@ from pathlib import Path
 
 from erofsfuse import __version__
 
+from .flatten import MKFS_OPTIONS
 from .idle import MIB, IdlePolicy
 from .planner import Mode
 
 IDLE = IdlePolicy()
+# Chains deeper than this are flattened by default: see the README's Snapshotter section for the measurements
+FLATTEN_LAYERS = 32
 DEFAULTS = {
     "root": "/var/lib/erofs-snapshotter",
     "address": "/run/erofs-snapshotter/snapshotter.sock",
@@ -39,9 +43,10 @@ DEFAULTS = {
     "fuse_idle_seconds": f"{IDLE.seconds:g}",
     "fuse_idle_max": str(IDLE.max_daemons),
     "fuse_idle_memory_mib": str(IDLE.max_memory // MIB),
+    "flatten_layers": str(FLATTEN_LAYERS),
     "log_level": "info",
 }
-NUMBERS = {"fuse_idle_seconds": float, "fuse_idle_max": int, "fuse_idle_memory_mib": int}
+NUMBERS = {"fuse_idle_seconds": float, "fuse_idle_max": int, "fuse_idle_memory_mib": int, "flatten_layers": int}
 
 
 def parse_settings(argv: list[str] | None = None,
@@ -70,6 +75,10 @@ def parse_settings(argv: list[str] | None = None,
     parser.add_argument("--fuse-idle-memory-mib", dest="fuse_idle_memory_mib", metavar="MIB",
                         help=f"idle daemons hold at most this much memory together (default "
                              f"{DEFAULTS['fuse_idle_memory_mib']})")
+    parser.add_argument("--flatten-layers", dest="flatten_layers", metavar="N",
+                        help="kernel mode: serve a chain of more than N layers as one erofs mount of a metadata image "
+                             "that refers to the layers (built at the chain's first use; layers are then converted "
+                             f"with {' '.join(MKFS_OPTIONS)}) (default {DEFAULTS['flatten_layers']}; 0 never does)")
     parser.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     settings: dict[str, str | None] = dict(defaults)
