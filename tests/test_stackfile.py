@@ -76,7 +76,8 @@ def test_relative_paths_devices_offsets_and_other_keys(tmp_path):
 
 
 def test_a_stack_reads_back_as_written(tmp_path):
-    stack = StackFile((StackLayer("/l/base.erofs"), StackLayer("/l/app.erofs", ("/l/app.tar",), 4096)))
+    stack = StackFile((StackLayer("/l/base.erofs", xattrs=False),
+                       StackLayer("/l/app.erofs", ("/l/app.tar",), 4096, xattrs=True), StackLayer("/l/top.erofs")))
     (tmp_path / "stack.json").write_text(json.dumps(stack.to_document()))
     assert StackFile.load(str(tmp_path / "stack.json")) == stack
 
@@ -89,6 +90,7 @@ def test_a_stack_reads_back_as_written(tmp_path):
     ('{"layers": [{"image": "a.erofs", "devices": "b.tar"}]}', 'layer 0: "devices" must be a list of paths'),
     ('{"layers": [{"image": "a.erofs", "offset": -1}]}', 'layer 0: "offset" must be a byte count'),
     ('{"layers": [{"image": "a.erofs", "offset": "4096"}]}', 'layer 0: "offset" must be a byte count'),
+    ('{"layers": [{"image": "a.erofs", "xattrs": 0}]}', 'layer 0: "xattrs" must be true or false'),
 ])
 def test_a_malformed_stack_file_is_refused_in_one_line(tmp_path, text, needle):
     path = tmp_path / "stack.json"

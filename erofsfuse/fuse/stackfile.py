@@ -1,8 +1,10 @@
 """The stack file: the images one FUSE mount merges into a single tree, bottom layer first.
 
-It is JSON: ``{"layers": [{"image": PATH, "devices": [PATH, ...], "offset": N}, ...]}``, where
-``devices`` (the image's extra devices, in device-table order) and ``offset`` (where the image starts
-in its file) may be left out and other keys are ignored. Relative paths are relative to the stack file.
+It is JSON: ``{"layers": [{"image": PATH, "devices": [PATH, ...], "offset": N, "xattrs": BOOL}, ...]}``,
+where ``devices`` (the image's extra devices, in device-table order), ``offset`` (where the image starts
+in its file) and ``xattrs`` (whether the layer holds extended attributes a reader can see, when the
+writer knows it: the server then need not find out) may be left out and other keys are ignored.
+Relative paths are relative to the stack file.
 The snapshotter writes stack files and the server reads them, both through this module.
 """
 
@@ -26,6 +28,7 @@ class StackLayer:
     image: str
     devices: tuple[str, ...] = ()
     offset: int = 0
+    xattrs: bool | None = None  # None: not known, the server scans the layer
 
     def to_document(self) -> dict:
         doc: dict = {"image": self.image}
@@ -33,6 +36,8 @@ class StackLayer:
             doc["devices"] = list(self.devices)
         if self.offset:
             doc["offset"] = self.offset
+        if self.xattrs is not None:
+            doc["xattrs"] = self.xattrs
         return doc
 
     @classmethod
@@ -46,7 +51,10 @@ class StackLayer:
         offset = doc.get("offset", 0)
         if type(offset) is not int or offset < 0:
             raise StackFileError('"offset" must be a byte count')
-        return cls(os.path.join(base, doc["image"]), tuple(os.path.join(base, p) for p in devices), offset)
+        xattrs = doc.get("xattrs")
+        if xattrs is not None and type(xattrs) is not bool:
+            raise StackFileError('"xattrs" must be true or false')
+        return cls(os.path.join(base, doc["image"]), tuple(os.path.join(base, p) for p in devices), offset, xattrs)
 
 
 @dataclass(frozen=True)
