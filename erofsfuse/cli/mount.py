@@ -30,6 +30,7 @@ import trio
 from .. import __version__
 from ..erofs import ondisk as d
 from ..erofs.errors import ErofsError
+from ..erofs.verity import VerifiedFile, VeritySpec, parse_root_hash
 from ..fuse.failover import (
     READY,
     WORKER_NAME,
@@ -74,10 +75,17 @@ class MountOptions:
     busy_poll_us: int = 200
     log: str | None = None
     failover: bool = False
+    verity: VeritySpec | None = None
+    device_verity: dict[int, VeritySpec] = field(default_factory=dict)  # by device number, 1 first
+
+    def device_verity_list(self) -> list[VeritySpec | None]:
+        """The extra devices' hash trees in device order (None: read as it is)."""
+        return [self.device_verity.get(n) for n in range(1, max(self.device_verity, default=0) + 1)]
 
 
 def parse_options(values: list[str]) -> MountOptions:
     opts = MountOptions()
+    verity: dict[str, str] = {}
     for value in values:
         for item in filter(None, value.split(",")):
             key, eq, arg = item.partition("=")
@@ -97,13 +105,44 @@ def parse_options(values: list[str]) -> MountOptions:
                 opts.log = arg
             elif key == "failover" and not eq:
                 opts.failover = True
+            elif key in ("verity", "verity_hash", "verity_hash_offset") and eq:
+                verity[key] = arg
+            elif key == "device_verity" and eq:
+                number, spec = _device_verity(arg)
+                opts.device_verity[number] = spec
             elif key in FUSE_OPTIONS and not eq:
                 opts.fuse.add(key)
             elif key in FUSE_VALUE_OPTIONS and eq:
                 opts.fuse.add(item)
             else:
                 raise UsageError(f"unknown mount option '{item}'")
+    if verity:
+        if "verity" not in verity:
+            raise UsageError("verity_hash and verity_hash_offset need verity=ROOTHASH")
+        offset = verity.get("verity_hash_offset")
+        opts.verity = VeritySpec(_root_hash(verity["verity"]), verity.get("verity_hash"),
+                                 None if offset is None else _integer("verity_hash_offset", offset))
     return opts
+
+
+def _device_verity(text: str) -> tuple[int, VeritySpec]:
+    """``N:ROOTHASH[:HASHPATH[:OFFSET]]``: device N's tree (appended when HASHPATH is empty or left out)."""
+    number, _, rest = text.partition(":")
+    root, _, rest = rest.partition(":")
+    if not number.isdigit() or int(number) < 1 or not root:
+        raise UsageError(f"device_verity needs N:ROOTHASH[:HASHPATH[:OFFSET]] (N from 1), not '{text}'")
+    path, offset = rest, None
+    head, colon, tail = rest.rpartition(":")
+    if colon and tail.isdigit():
+        path, offset = head, int(tail)
+    return int(number), VeritySpec(_root_hash(root), path or None, offset)
+
+
+def _root_hash(text: str) -> bytes:
+    try:
+        return parse_root_hash(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _integer(key: str, text: str) -> int:
@@ -125,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="mount options: allow_other, fsname=, subtype=, device=PATH, offset=N, threads=N, "
                         "cache_mib=N, busy_poll=USEC, log=FILE (where a background daemon logs; default syslog), "
-                        "failover (survive SIGKILL)")
+                        "failover (survive SIGKILL), verity=ROOTHASH (check every block against the image's "
+                        "dm-verity tree, appended to it unless verity_hash=PATH; verity_hash_offset=N), "
+                        "device_verity=N:ROOTHASH[:HASHPATH[:OFFSET]] (the same for extra device N)")
     p.add_argument("image", metavar="IMAGE", help="EROFS image, or a JSON stack file of layers")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     return p
@@ -143,6 +184,8 @@ def describe(tree: Tree) -> str:
         text += f", devices {','.join(devs)}" if devs else ""
         text += f", features {','.join(features)}" if features else ""
         text += f", compression {','.join(algs)}" if algs else ""
+        verified = [dev.path for dev in (img.devices.primary, *img.devices.extras) if isinstance(dev, VerifiedFile)]
+        text += f", verified {','.join(verified)}" if verified else ""
         parts.append(text + ")")
     return "; ".join(parts)
 
@@ -231,7 +274,8 @@ def run(args: argparse.Namespace, opts: MountOptions, readiness: Readiness, resu
     name_process(WORKER_NAME)
     offset = opts.offset if opts.offset is not None else (args.offset or 0)
     try:
-        tree = open_tree(args.image, args.device + opts.devices, offset, cache_bytes=opts.cache_mib << 20)
+        tree = open_tree(args.image, args.device + opts.devices, offset, verity=opts.verity,
+                         device_verity=opts.device_verity_list(), cache_bytes=opts.cache_mib << 20)
     except (ErofsError, OSError, ValueError) as exc:
         readiness.report(f"{args.image}: {exc}")
         return 1

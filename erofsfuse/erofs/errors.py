@@ -53,20 +53,26 @@ class DeviceError(ErofsError):
     """The devices given do not fit the image (count, size, unreadable file)."""
 
 
-class IntegrityError(ErofsError):
+class IntegrityError(CorruptImage):
     """Bytes read do not match the hash tree they are checked against (or the tree its root hash).
 
-    Served like corruption (EIO). ``path`` is the data file, ``block`` the
+    Served like corruption (EIO), and named like it: ``at`` adds the inode
+    whose read met the bad block. ``path`` is the data file, ``block`` the
     data block being read and ``offset`` the byte of ``path`` where it starts
     (both ``None`` when no data block is involved, as for a wrong root hash),
     so that a log line can name the files that use those bytes.
     """
 
-    def __init__(self, message: str, path: str, block: int | None = None, offset: int | None = None):
+    def __init__(self, message: str, path: str, block: int | None = None, offset: int | None = None,
+                 nid: int | None = None, where: str | None = None):
         self.path = path
         self.block = block
         self.offset = offset
-        super().__init__(message)
+        super().__init__(message, nid, where)
+
+    def at(self, nid: int | None = None, where: str | None = None) -> IntegrityError:
+        return IntegrityError(self.detail, self.path, self.block, self.offset,
+                              self.nid if self.nid is not None else nid, self.where or where)
 
 
 class PathNotFound(ErofsError):

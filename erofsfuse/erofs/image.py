@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import stat as statmod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from . import ondisk as d
@@ -18,10 +18,11 @@ from .cache import SizedLRU
 from .data import DataReader, Extent
 from .devices import BackingFile, DeviceSet
 from .dirs import Directories, DirEntry
-from .errors import CorruptImage, NotADirectory, PathNotFound
+from .errors import CorruptImage, DeviceError, NotADirectory, PathNotFound
 from .inode import Inode, decode_inode
 from .metaspace import MetaSpace
 from .superblock import Superblock, parse_device_table, parse_superblock
+from .verity import VerifiedFile, VeritySpec
 from .xattr import Xattrs, load_long_prefixes
 
 MAX_SYMLINK_HOPS = 40
@@ -61,22 +62,56 @@ def _as_bytes(path: str | bytes) -> bytes:
     return os.fsencode(path) if isinstance(path, str) else path
 
 
-def open_devices(path: str, devices: list[str] | tuple[str, ...], offset: int) -> tuple[Superblock, DeviceSet]:
-    """The superblock of the image at ``offset`` in ``path``, and its devices (closed again on failure)."""
-    primary = BackingFile(path, offset)
-    extras: list[BackingFile] = []
+def open_devices(path: str, devices: Sequence[str], offset: int, verity: VeritySpec | None = None,
+                 device_verity: Sequence[VeritySpec | None] = ()) -> tuple[Superblock, DeviceSet]:
+    """The superblock of the image at ``offset`` in ``path``, and its devices (closed again on failure).
+
+    A file with a ``VeritySpec`` (``verity`` for the image, ``device_verity``
+    for the extra devices in order) is read through its hash tree, the
+    superblock and device table included.
+    """
+    if len(device_verity) > len(devices):
+        raise DeviceError(f"a hash tree is given for device {len(device_verity)} but only {len(devices)} "
+                          "device(s) are")
+    primary = open_backing(path, offset, verity, functools.partial(_image_end, path, offset, not devices))
+    extras: list[BackingFile | VerifiedFile] = []
     try:
-        for device in devices:
-            extras.append(BackingFile(device))
         sb = parse_superblock(primary)
+        slots = parse_device_table(sb, primary)
+        for index, device in enumerate(devices):
+            spec = device_verity[index] if index < len(device_verity) else None
+            blocks = slots[index].blocks if index < len(slots) else 0
+            extras.append(open_backing(device, 0, spec, lambda blocks=blocks: blocks << sb.blkszbits))
         device_set = DeviceSet(primary, extras, sb.blkszbits)
-        device_set.attach_table(parse_device_table(sb, primary))
+        device_set.attach_table(slots)
     except BaseException:
         primary.close()
         for dev in extras:
             dev.close()
         raise
     return sb, device_set
+
+
+def open_backing(path: str, base: int, verity: VeritySpec | None,
+                 data_end: Callable[[], int]) -> BackingFile | VerifiedFile:
+    """``path`` from byte ``base``, read through its hash tree when ``verity`` says where it is."""
+    if verity is None:
+        return BackingFile(path, base)
+    return verity.open(path, base, data_end)
+
+
+def _image_end(path: str, offset: int, flat: bool) -> int:
+    """Where the image at ``offset`` of ``path`` ends, its extra devices included in the flat layout, as its
+    superblock says (read unchecked: it only places an appended tree, which then checks it)."""
+    plain = BackingFile(path, offset)
+    try:
+        sb = parse_superblock(plain)
+        blocks = sb.primary_blocks
+        if flat:
+            blocks = max([blocks, *(slot.uniaddr + slot.blocks for slot in parse_device_table(sb, plain))])
+    finally:
+        plain.close()
+    return offset + (blocks << sb.blkszbits)
 
 
 def load_inode(sb: Superblock, meta: MetaSpace, metabox: MetaSpace | None, nid: int) -> Inode:
@@ -102,7 +137,10 @@ class ErofsImage:
     ``devices`` are the extra device files in device-table order, like the
     kernel's ``-o device=``; leave them out for the flat layout, where the
     extra devices are appended to the primary file. ``offset`` is where the
-    image starts inside ``path``.
+    image starts inside ``path``. ``verity`` (and ``device_verity``, for the
+    extra devices in order, None for one read as it is) has every block read
+    checked against a dm-verity hash tree: a block that does not match raises
+    ``IntegrityError`` naming the inode read, a wrong root hash at once.
     """
 
     def __init__(
@@ -114,9 +152,11 @@ class ErofsImage:
         cache_bytes: int = 32 << 20,
         meta_cache_bytes: int = 16 << 20,
         inode_cache: int = 65536,
+        verity: VeritySpec | None = None,
+        device_verity: Sequence[VeritySpec | None] = (),
     ):
         self.path = path
-        sb, devs = open_devices(path, devices, offset)
+        sb, devs = open_devices(path, devices, offset, verity, device_verity)
         self.sb, self.devices = sb, devs
         # each part is built from the ones before it, in the order the kernel mounts an image
         try:

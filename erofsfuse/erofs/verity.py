@@ -564,3 +564,40 @@ class VerifiedFile:
         if not self.layout.levels:
             self._verified[0] = 1
         return top
+
+
+APPENDED_TREE_ALIGN = 4096  # where an appended tree starts by default: the data's end rounded up to this
+MAX_ROOT_HASH_SIZE = 64  # sha512's
+
+
+def parse_root_hash(text: str) -> bytes:
+    """A root hash as veritysetup prints it (hex digits); ``ValueError`` with a one-line reason otherwise."""
+    try:
+        digest = bytes.fromhex(text)
+    except ValueError:
+        digest = b""
+    if not digest or len(text) != 2 * len(digest) or len(digest) > MAX_ROOT_HASH_SIZE:
+        raise ValueError(f"{text!r} is not a root hash (the hex digits veritysetup format prints)")
+    return digest
+
+
+@dataclass(frozen=True)
+class VeritySpec:
+    """How to serve one file verified: the root hash it must match and where its tree lies.
+
+    ``hash_path`` None means the tree is appended to the file itself;
+    ``hash_offset`` None means where ``erofstool verity format`` puts it by
+    default: at 0 of a hash file of its own, and after the data (their end
+    rounded up to 4 KiB) when appended.
+    """
+
+    root_hash: bytes
+    hash_path: str | None = None
+    hash_offset: int | None = None
+
+    def open(self, path: str, base: int, data_end: Callable[[], int]) -> VerifiedFile:
+        """``path`` read through its tree from ``base``; ``data_end`` tells where an appended tree's data end."""
+        offset = self.hash_offset
+        if offset is None:
+            offset = 0 if self.hash_path is not None else -(-data_end() // APPENDED_TREE_ALIGN) * APPENDED_TREE_ALIGN
+        return VerifiedFile(path, self.root_hash, hash_path=self.hash_path, hash_offset=offset, base=base)

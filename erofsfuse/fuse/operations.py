@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from ..erofs.errors import ErofsError
+from ..erofs.errors import ErofsError, IntegrityError
 from .busypoll import BusyPoll
 from .direntplus import names_only
 from .listing import ListingAdvisor
@@ -97,8 +97,8 @@ class ErofsOperations(pyfuse3.Operations):
 
     # -- bookkeeping -------------------------------------------------------------
     def report(self, op: str, args: tuple, exc: ErofsError, code: int) -> None:
-        """Log a failed request once per inode and reason (then only in debug mode)."""
-        key = (getattr(exc, "nid", None), str(exc))
+        """Log a failed request once per inode and reason, or per bad block (then only in debug mode)."""
+        key = (exc.path, exc.block) if isinstance(exc, IntegrityError) else (getattr(exc, "nid", None), str(exc))
         if key in self._reported:
             log.debug("%s%r -> %s: %s", op, args, os.strerror(code), exc)
             return

@@ -37,7 +37,8 @@ def open_layers(stack: StackFile, **cache) -> list[ErofsImage]:
     images: list[ErofsImage] = []
     try:
         for layer in stack.layers:
-            images.append(ErofsImage(layer.image, layer.devices, layer.offset, **cache))
+            images.append(ErofsImage(layer.image, layer.devices, layer.offset, verity=layer.verity,
+                                      device_verity=layer.device_verity, **cache))
     except BaseException:
         for img in images:
             img.close()

@@ -1,9 +1,14 @@
 """The stack file: the images one FUSE mount merges into a single tree, bottom layer first.
 
-It is JSON: ``{"layers": [{"image": PATH, "devices": [PATH, ...], "offset": N, "xattrs": BOOL}, ...]}``,
-where ``devices`` (the image's extra devices, in device-table order), ``offset`` (where the image starts
-in its file) and ``xattrs`` (whether the layer holds extended attributes a reader can see, when the
-writer knows it: the server then need not find out) may be left out and other keys are ignored.
+It is JSON: ``{"layers": [{"image": PATH, "devices": [PATH, ...], "offset": N, "xattrs": BOOL,
+"verity": VERITY}, ...]}``, where ``devices`` (the image's extra devices, in device-table order),
+``offset`` (where the image starts in its file), ``xattrs`` (whether the layer holds extended
+attributes a reader can see, when the writer knows it: the server then need not find out) and
+``verity`` may be left out and other keys are ignored. ``verity`` serves the layer checked against
+dm-verity hash trees: ``{"root_hash": HEX, "hash_file": PATH, "hash_offset": N, "devices": [TREE or
+null, ...]}``, the image's tree (appended to it unless ``hash_file`` names one; ``hash_offset`` as
+``erofstool verity format`` places it unless given) and those of its devices, in their order, each
+``{"root_hash": ..., "hash_file": ..., "hash_offset": ...}`` (null for a device read as it is).
 Relative paths are relative to the stack file.
 The snapshotter writes stack files and the server reads them, both through this module.
 """
@@ -15,6 +20,7 @@ import os
 from dataclasses import dataclass
 
 from ..erofs.errors import ErofsError
+from ..erofs.verity import VeritySpec, parse_root_hash
 
 
 class StackFileError(ErofsError):
@@ -29,6 +35,8 @@ class StackLayer:
     devices: tuple[str, ...] = ()
     offset: int = 0
     xattrs: bool | None = None  # None: not known, the server scans the layer
+    verity: VeritySpec | None = None  # the image's hash tree; None: read as it is
+    device_verity: tuple[VeritySpec | None, ...] = ()  # the devices' trees, in device order
 
     def to_document(self) -> dict:
         doc: dict = {"image": self.image}
@@ -38,6 +46,10 @@ class StackLayer:
             doc["offset"] = self.offset
         if self.xattrs is not None:
             doc["xattrs"] = self.xattrs
+        if self.verity or any(self.device_verity):
+            doc["verity"] = {**_tree_document(self.verity),
+                             **({"devices": [_tree_document(spec) or None for spec in self.device_verity]}
+                                if any(self.device_verity) else {})}
         return doc
 
     @classmethod
@@ -54,7 +66,55 @@ class StackLayer:
         xattrs = doc.get("xattrs")
         if xattrs is not None and type(xattrs) is not bool:
             raise StackFileError('"xattrs" must be true or false')
-        return cls(os.path.join(base, doc["image"]), tuple(os.path.join(base, p) for p in devices), offset, xattrs)
+        verity, device_verity = _layer_verity(doc["verity"], len(devices), base) if "verity" in doc else (None, ())
+        return cls(os.path.join(base, doc["image"]), tuple(os.path.join(base, p) for p in devices), offset, xattrs,
+                   verity, device_verity)
+
+
+def _tree_document(spec: VeritySpec | None) -> dict:
+    if spec is None:
+        return {}
+    doc: dict = {"root_hash": spec.root_hash.hex()}
+    if spec.hash_path is not None:
+        doc["hash_file"] = spec.hash_path
+    if spec.hash_offset is not None:
+        doc["hash_offset"] = spec.hash_offset
+    return doc
+
+
+def _layer_verity(doc: object, devices: int, base: str) -> tuple[VeritySpec | None, tuple[VeritySpec | None, ...]]:
+    """The trees of a layer's ``"verity"`` object: the image's (if it has a root hash) and its devices'."""
+    if not isinstance(doc, dict):
+        raise StackFileError('"verity" must be an object')
+    listed = doc.get("devices", [])
+    if not isinstance(listed, list) or len(listed) > devices:
+        raise StackFileError(f'"verity": "devices" must be a list of at most {devices} trees (one per device)')
+    found = []
+    for i, tree in enumerate(listed):
+        if tree is not None and not isinstance(tree, dict):
+            raise StackFileError(f'"verity": device {i + 1}: a tree is an object with a "root_hash", or null')
+        found.append(None if tree is None else _tree(tree, base, f"device {i + 1}: "))
+    own = _tree(doc, base, "") if doc.keys() & {"root_hash", "hash_file", "hash_offset"} else None
+    if own is None and not any(found):
+        raise StackFileError('"verity" names no tree: give "root_hash" (or trees in "devices")')
+    return own, tuple(found)
+
+
+def _tree(doc: dict, base: str, which: str) -> VeritySpec:
+    root = doc.get("root_hash")
+    if not isinstance(root, str):
+        raise StackFileError(f'"verity": {which}no "root_hash"')
+    try:
+        root_hash = parse_root_hash(root)
+    except ValueError as exc:
+        raise StackFileError(f'"verity": {which}{exc}') from None
+    path = doc.get("hash_file")
+    if path is not None and not isinstance(path, str):
+        raise StackFileError(f'"verity": {which}"hash_file" must be a path')
+    offset = doc.get("hash_offset")
+    if offset is not None and (type(offset) is not int or offset < 0):
+        raise StackFileError(f'"verity": {which}"hash_offset" must be a byte count')
+    return VeritySpec(root_hash, None if path is None else os.path.join(base, path), offset)
 
 
 @dataclass(frozen=True)
