@@ -33,16 +33,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
     mode        TEXT,
     size        INTEGER NOT NULL DEFAULT 0,
     inodes      INTEGER NOT NULL DEFAULT 0,
-    flattening  TEXT
+    flattening  TEXT,
+    verity      TEXT
 );
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
 """
 # columns added since the first schema, added to a database made before them: name -> declaration
-_ADDED_COLUMNS = {"flattening": "TEXT"}
+_ADDED_COLUMNS = {"flattening": "TEXT", "verity": "TEXT"}
 
 DATABASE_MODE = 0o600
 _COLUMNS = ("s.id, s.key, s.kind, s.parent_id, p.key, s.created_ns, s.updated_ns, s.labels, s.mode, s.size,"
-            " s.inodes, s.flattening")
+            " s.inodes, s.flattening, s.verity")
 _SELECT = f"SELECT {_COLUMNS} FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id"
 
 
@@ -68,12 +69,13 @@ class Snapshot:
     size: int = 0  # usage recorded at commit
     inodes: int = 0
     flattening: str | None = None  # kernel mode: whether and how the chain is flattened (planner.Flattening)
+    verity: str | None = None  # a committed layer's dm-verity root hash (hex), when it was given a tree
 
     @classmethod
     def _from_row(cls, row: tuple) -> Snapshot:
-        sid, key, kind, parent_id, parent, created, updated, labels, mode, size, inodes, flattening = row
+        sid, key, kind, parent_id, parent, created, updated, labels, mode, size, inodes, flattening, verity = row
         return cls(sid, key, Kind(kind), parent_id, parent or "", created, updated, json.loads(labels), mode, size,
-                   inodes, flattening)
+                   inodes, flattening, verity)
 
 
 def _clean_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -180,17 +182,18 @@ class MetadataStore:
         return self.by_id(cur.lastrowid)
 
     def commit(self, active: Snapshot, name: str, labels: dict[str, str], parent: Snapshot | None,
-               size: int, inodes: int) -> Snapshot:
+               size: int, inodes: int, verity: str | None = None) -> Snapshot:
         """Turn an active record into a committed one under ``name`` (checked with ``require_absent``).
 
         Labels are replaced, not inherited, and the creation time is the commit's, as in containerd.
+        ``verity`` is the root hash of the layer's hash tree, if it was given one.
         """
         now = time.time_ns()
         self._conn.execute(
             "UPDATE snapshots SET key = ?, kind = ?, parent_id = ?, created_ns = ?, updated_ns = ?, labels = ?,"
-            " mode = NULL, flattening = NULL, size = ?, inodes = ? WHERE id = ?",
+            " mode = NULL, flattening = NULL, size = ?, inodes = ?, verity = ? WHERE id = ?",
             (name, int(Kind.COMMITTED), parent.id if parent else None, now, now, json.dumps(_clean_labels(labels)),
-             size, inodes, active.id))
+             size, inodes, verity, active.id))
         return self.by_id(active.id)
 
     def delete(self, snapshot: Snapshot) -> None:
