@@ -34,16 +34,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
     size        INTEGER NOT NULL DEFAULT 0,
     inodes      INTEGER NOT NULL DEFAULT 0,
     flattening  TEXT,
-    verity      TEXT
+    verity      TEXT,
+    xattrs      INTEGER
 );
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
 """
 # columns added since the first schema, added to a database made before them: name -> declaration
-_ADDED_COLUMNS = {"flattening": "TEXT", "verity": "TEXT"}
+_ADDED_COLUMNS = {"flattening": "TEXT", "verity": "TEXT", "xattrs": "INTEGER"}
 
 DATABASE_MODE = 0o600
 _COLUMNS = ("s.id, s.key, s.kind, s.parent_id, p.key, s.created_ns, s.updated_ns, s.labels, s.mode, s.size,"
-            " s.inodes, s.flattening, s.verity")
+            " s.inodes, s.flattening, s.verity, s.xattrs")
 _SELECT = f"SELECT {_COLUMNS} FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id"
 
 
@@ -70,12 +71,14 @@ class Snapshot:
     inodes: int = 0
     flattening: str | None = None  # kernel mode: whether and how the chain is flattened (planner.Flattening)
     verity: str | None = None  # a committed layer's dm-verity root hash (hex), when it was given a tree
+    xattrs: bool | None = None  # whether a committed layer's blob has xattrs a stack shows (None: not recorded)
 
     @classmethod
     def _from_row(cls, row: tuple) -> Snapshot:
-        sid, key, kind, parent_id, parent, created, updated, labels, mode, size, inodes, flattening, verity = row
+        (sid, key, kind, parent_id, parent, created, updated, labels, mode, size, inodes, flattening, verity,
+         xattrs) = row
         return cls(sid, key, Kind(kind), parent_id, parent or "", created, updated, json.loads(labels), mode, size,
-                   inodes, flattening, verity)
+                   inodes, flattening, verity, None if xattrs is None else bool(xattrs))
 
 
 def _clean_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -182,18 +185,19 @@ class MetadataStore:
         return self.by_id(cur.lastrowid)
 
     def commit(self, active: Snapshot, name: str, labels: dict[str, str], parent: Snapshot | None,
-               size: int, inodes: int, verity: str | None = None) -> Snapshot:
+               size: int, inodes: int, verity: str | None = None, xattrs: bool | None = None) -> Snapshot:
         """Turn an active record into a committed one under ``name`` (checked with ``require_absent``).
 
         Labels are replaced, not inherited, and the creation time is the commit's, as in containerd.
-        ``verity`` is the root hash of the layer's hash tree, if it was given one.
+        ``verity`` is the root hash of the layer's hash tree, if it was given one; ``xattrs`` whether its blob
+        has xattrs a stack shows, if that was found out.
         """
         now = time.time_ns()
         self._conn.execute(
             "UPDATE snapshots SET key = ?, kind = ?, parent_id = ?, created_ns = ?, updated_ns = ?, labels = ?,"
-            " mode = NULL, flattening = NULL, size = ?, inodes = ?, verity = ? WHERE id = ?",
+            " mode = NULL, flattening = NULL, size = ?, inodes = ?, verity = ?, xattrs = ? WHERE id = ?",
             (name, int(Kind.COMMITTED), parent.id if parent else None, now, now, json.dumps(_clean_labels(labels)),
-             size, inodes, verity, active.id))
+             size, inodes, verity, xattrs, active.id))
         return self.by_id(active.id)
 
     def delete(self, snapshot: Snapshot) -> None:
