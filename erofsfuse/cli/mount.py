@@ -44,6 +44,7 @@ from ..fuse.failover import (
 from ..fuse.operations import ErofsOperations
 from ..fuse.source import open_tree
 from ..fuse.tree import Tree
+from ..fuse.xattrpolicy import XattrAnswers, XattrMode
 from ..host.fusedevice import fuse_problem
 from ..host.mountinfo import mount_table
 
@@ -75,6 +76,7 @@ class MountOptions:
     busy_poll_us: int = 200
     log: str | None = None
     failover: bool = False
+    xattrs: XattrMode = XattrMode.AUTO
     verity: VeritySpec | None = None
     device_verity: dict[int, VeritySpec] = field(default_factory=dict)  # by device number, 1 first
 
@@ -105,6 +107,8 @@ def parse_options(values: list[str]) -> MountOptions:
                 opts.log = arg
             elif key == "failover" and not eq:
                 opts.failover = True
+            elif key == "xattrs" and eq:
+                opts.xattrs = _xattr_mode(arg)
             elif key in ("verity", "verity_hash", "verity_hash_offset") and eq:
                 verity[key] = arg
             elif key == "device_verity" and eq:
@@ -145,6 +149,13 @@ def _root_hash(text: str) -> bytes:
         raise UsageError(str(exc)) from None
 
 
+def _xattr_mode(text: str) -> XattrMode:
+    try:
+        return XattrMode(text)
+    except ValueError:
+        raise UsageError(f"option xattrs needs auto, on or off, not '{text}'") from None
+
+
 def _integer(key: str, text: str) -> int:
     try:
         return int(text, 0)
@@ -164,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="mount options: allow_other, fsname=, subtype=, device=PATH, offset=N, threads=N, "
                         "cache_mib=N, busy_poll=USEC, log=FILE (where a background daemon logs; default syslog), "
-                        "failover (survive SIGKILL), verity=ROOTHASH (check every block against the image's "
+                        "failover (survive SIGKILL), xattrs=auto|on|off (auto: once no inode is found to have an "
+                        "xattr, tell the kernel so and be asked no more; on: always answer; off: never), "
+                        "verity=ROOTHASH (check every block against the image's "
                         "dm-verity tree, appended to it unless verity_hash=PATH; verity_hash_offset=N), "
                         "device_verity=N:ROOTHASH[:HASHPATH[:OFFSET]] (the same for extra device N)")
     p.add_argument("image", metavar="IMAGE", help="EROFS image, or a JSON stack file of layers")
@@ -237,6 +250,7 @@ async def serve(ops: ErofsOperations, mountpoint: str, proxy: ConnectionProxy | 
 
         nursery.start_soon(watch_signals)
         nursery.start_soon(ops.activity.run)
+        nursery.start_soon(ops.xattrs.settle)
         if proxy is not None:
             token = trio.lowlevel.current_trio_token()
             proxy.on_closed = lambda: trio.from_thread.run_sync(pyfuse3.terminate, trio_token=token)
@@ -284,7 +298,8 @@ def run(args: argparse.Namespace, opts: MountOptions, readiness: Readiness, resu
         fuse_opts.add("fsname=" + os.path.abspath(args.image).replace("\\", "\\\\").replace(",", "\\,"))
     if not any(o.startswith("subtype=") for o in fuse_opts):
         fuse_opts.add("subtype=erofsfuse")
-    ops = ErofsOperations(tree, debug=args.debug, threads=opts.threads, busy_poll=opts.busy_poll_us / 1e6)
+    ops = ErofsOperations(tree, debug=args.debug, threads=opts.threads, busy_poll=opts.busy_poll_us / 1e6,
+                          xattrs=XattrAnswers(tree, opts.xattrs))
     mountpoint = os.path.realpath(args.mountpoint)
     proxy = ConnectionProxy(resume_fd, on_closed=lambda: None) if resume_fd is not None else None
     if proxy is None and (problem := fuse_problem(allow_other="allow_other" in fuse_opts)):

@@ -23,6 +23,7 @@ from .busypoll import BusyPoll
 from .direntplus import names_only
 from .listing import ListingAdvisor
 from .tree import ROOT_INO, Node, Tree
+from .xattrpolicy import XattrAnswers, XattrMode
 
 log = logging.getLogger("erofsfuse")
 
@@ -83,9 +84,12 @@ class ErofsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_acl = True  # let the kernel enforce POSIX ACLs as it does for EROFS
 
-    def __init__(self, tree: Tree, *, debug: bool = False, threads: int = 4, busy_poll: float = 0.0):
+    def __init__(self, tree: Tree, *, debug: bool = False, threads: int = 4, busy_poll: float = 0.0,
+                 xattrs: XattrAnswers | None = None):
+        """``xattrs`` decides whether xattr requests are answered (always, by default)."""
         super().__init__()
         self.tree = tree
+        self.xattrs = xattrs if xattrs is not None else XattrAnswers(tree, XattrMode.ON)
         self.debug = debug
         self.nodes: dict[int, Node] = {ROOT_INO: tree.root}
         self.lookups: dict[int, int] = {}
@@ -227,6 +231,8 @@ class ErofsOperations(pyfuse3.Operations):
     # -- extended attributes ---------------------------------------------------------
     @fuse_handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if self.xattrs.hidden:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel asks no more
         names = [name for name, _ in self.tree.xattrs(self._node(inode))]
         if ctx.uid != 0:
             # the kernel lists trusted.* only to CAP_SYS_ADMIN
@@ -235,6 +241,8 @@ class ErofsOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if self.xattrs.absent:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel asks no more: the tree has none
         node = self._node(inode)
         if not node.inode.xattr_isize:  # most files have none: `ls -l` asks twice for each
             raise pyfuse3.FUSEError(errno.ENODATA)

@@ -19,6 +19,7 @@ def open_tree(source: str, devices: list[str] | tuple[str, ...] = (), offset: in
     if is_stack_file(source):
         if devices or offset or verity or any(device_verity):
             raise ValueError("devices, offsets and hash trees belong in the stack file's layers")
-        return StackTree(open_layers(StackFile.load(source), **cache))
+        stack = StackFile.load(source)
+        return StackTree(open_layers(stack, **cache), [layer.xattrs for layer in stack.layers])
     return ImageTree(ErofsImage(os.fspath(source), list(devices), offset, verity=verity, device_verity=device_verity,
                                 **cache))

@@ -65,8 +65,10 @@ def path_in_image(img: ErofsImage, directory: Inode) -> list[bytes]:
 class StackTree(Tree):
     """Layers (bottom first) merged into one read-only tree."""
 
-    def __init__(self, layers: list[ErofsImage]):
+    def __init__(self, layers: list[ErofsImage], xattrs: list[bool | None] | None = None):
+        """``xattrs`` says for each layer whether it has xattrs the stack shows, where the stack file knows."""
         self.layers = layers
+        self._layer_xattrs = list(xattrs) if xattrs is not None else [None] * len(layers)
         self._index = {id(img): i for i, img in enumerate(layers)}
         self._opaque: dict[tuple[int, int], bool] = {}
         self._listings: SizedLRU[list[tuple[bytes, ErofsImage, int]]] = SizedLRU(1 << 20)
@@ -184,12 +186,18 @@ class StackTree(Tree):
         return 1 if len(node.parts) > 1 else node.inode.nlink
 
     def xattrs(self, node: Node) -> list[tuple[bytes, bytes]]:
-        return [(n, v) for n, v in super().xattrs(node) if not n.startswith(PRIVATE_XATTR_PREFIXES)]
+        return [(n, v) for n, v in super().xattrs(node) if self.shows_xattr(n)]
 
     def getxattr(self, node: Node, name: bytes) -> bytes:
-        if name.startswith(PRIVATE_XATTR_PREFIXES):
+        if not self.shows_xattr(name):
             raise NoSuchAttribute(name.decode("utf-8", "surrogateescape"))
         return super().getxattr(node, name)
+
+    def shows_xattr(self, name: bytes) -> bool:
+        return not name.startswith(PRIVATE_XATTR_PREFIXES)
+
+    def layer_xattrs(self) -> list[bool | None]:
+        return list(self._layer_xattrs)
 
     def statfs(self) -> FsStats:
         # overlayfs reports the statistics of its topmost layer

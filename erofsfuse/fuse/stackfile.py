@@ -4,7 +4,13 @@ It is JSON: ``{"layers": [{"image": PATH, "devices": [PATH, ...], "offset": N, "
 "verity": VERITY}, ...]}``, where ``devices`` (the image's extra devices, in device-table order),
 ``offset`` (where the image starts in its file), ``xattrs`` (whether the layer holds extended
 attributes a reader can see, when the writer knows it: the server then need not find out) and
-``verity`` may be left out and other keys are ignored. ``verity`` serves the layer checked against
+``verity`` may be left out and other keys are ignored. ``xattrs`` is true when some inode reachable
+from the layer's root has an xattr the stack shows, which is any but overlayfs' private ones
+(``trusted.overlay.*``, ``user.overlay.*``: opaque markers and the like, which the stack applies and
+hides), and false when none has (``erofsfuse.erofs.xattrscan`` with ``StackTree.shows_xattr`` finds out).
+Only when every layer is false, said here or found by the server, is the kernel told that the tree has
+no xattrs; a true layer whose xattrs an upper layer hides keeps exact answers, which costs requests but
+is never wrong. ``verity`` serves the layer checked against
 dm-verity hash trees: ``{"root_hash": HEX, "hash_file": PATH, "hash_offset": N, "devices": [TREE or
 null, ...]}``, the image's tree (appended to it unless ``hash_file`` names one; ``hash_offset`` as
 ``erofstool verity format`` places it unless given) and those of its devices, in their order, each

@@ -102,6 +102,14 @@ class Tree:
     def getxattr(self, node: Node, name: bytes) -> bytes:
         return node.image.getxattr(node.inode, name)
 
+    def shows_xattr(self, name: bytes) -> bool:
+        """Whether an xattr of this name, where an image has one, is shown."""
+        return True
+
+    def layer_xattrs(self) -> list[bool | None]:
+        """For each of ``images()``, whether it has xattrs this tree shows, where that is known (else None)."""
+        return [None] * len(self.images())
+
     def statfs(self) -> FsStats:
         raise NotImplementedError
 
