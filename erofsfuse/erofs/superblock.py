@@ -84,7 +84,9 @@ def parse_superblock(primary: BackingFile) -> Superblock:
     """Read, check and decode the superblock of ``primary``."""
     if primary.size < d.SUPER_OFFSET + d.SUPERBLOCK.size:
         raise CorruptImage(f"image is too small for a superblock ({primary.size} bytes)")
-    head = primary.pread(d.SUPER_OFFSET, min(primary.size - d.SUPER_OFFSET, 1 << MAX_BLKSZBITS))
+    # the superblock alone: the rest of its block is read only to check its checksum, so that a file read
+    # through a hash tree needs no block past the superblock's to be intact for the image to open
+    head = primary.pread(d.SUPER_OFFSET, d.SUPERBLOCK.size)
     raw = dict(zip(d.SUPERBLOCK_FIELDS, d.SUPERBLOCK.unpack_from(head), strict=True))
     if raw["magic"] != d.SUPER_MAGIC:
         raise CorruptImage(f"bad magic 0x{raw['magic']:08x} (not an EROFS image, or wrong --offset)")
@@ -99,7 +101,10 @@ def parse_superblock(primary: BackingFile) -> Superblock:
     if sb_size > MAX_SB_SIZE:
         raise CorruptImage(f"invalid sb_extslots {raw['sb_extslots']}")
     if raw["feature_compat"] & d.COMPAT_SB_CHKSUM:
-        _verify_checksum(head, 1 << bits, raw["checksum"])
+        length = _checksummed_length(1 << bits)
+        if primary.size - d.SUPER_OFFSET < length:
+            raise CorruptImage("image is too small for its checksummed superblock")
+        _verify_checksum(primary.pread(d.SUPER_OFFSET, length), 1 << bits, raw["checksum"])
     if raw["dirblkbits"]:
         raise UnsupportedFeature(f"directory block size bits {raw['dirblkbits']} are not supported")
 
@@ -149,8 +154,13 @@ def parse_superblock(primary: BackingFile) -> Superblock:
     return sb
 
 
+def _checksummed_length(block_size: int) -> int:
+    """How many bytes from the superblock's start its checksum covers: the rest of its block."""
+    return block_size - d.SUPER_OFFSET if block_size > d.SUPER_OFFSET else block_size
+
+
 def _verify_checksum(head: bytes, block_size: int, expected: int) -> None:
-    length = block_size - d.SUPER_OFFSET if block_size > d.SUPER_OFFSET else block_size
+    length = _checksummed_length(block_size)
     if len(head) < length:
         raise CorruptImage("image is too small for its checksummed superblock")
     area = bytearray(head[:length])
