@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from erofsfuse.erofs.image import ErofsImage
+from erofsfuse.erofs.verity import DEFAULT_SALT_SIZE, VerityParams, format_tree
 
 from .errors import ConversionError
 from .faults import fault_point
@@ -145,6 +146,17 @@ def build_layer(upper: Path, blob: Path, mkfs: str = "mkfs.erofs", options: Sequ
             raise ConversionError(f"mkfs.erofs {upper} failed ({proc.returncode}): {output.strip()[-2000:]}")
         fault_point("commit:blob-written")
     log.info("built %s (%d bytes) from %s in %.2fs", blob, blob.stat().st_size, upper, time.monotonic() - started)
+
+
+def format_verity(blob: Path, tree: Path) -> str:
+    """Write the dm-verity tree of ``blob`` at ``tree`` as ``veritysetup format`` would (sha256, 4 KiB blocks,
+    a random salt, its superblock first); returns the root hash, hex."""
+    started = time.monotonic()
+    with staged(tree) as tmp:
+        written = format_tree(str(blob), str(tmp), VerityParams(salt=os.urandom(DEFAULT_SALT_SIZE),
+                                                                uuid=uuid.uuid4().bytes))
+    log.info("hash tree of %s (%d blocks) in %.2fs", blob, written.params.data_blocks, time.monotonic() - started)
+    return written.root_hash.hex()
 
 
 def copy_layer(source: Path, blob: Path) -> None:

@@ -28,7 +28,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from . import filters
-from .convert import Usage, blob_usage, build_layer, copy_layer, rename_synced, staged, sync_layer, tree_usage
+from .convert import (
+    Usage,
+    blob_usage,
+    build_layer,
+    copy_layer,
+    format_verity,
+    rename_synced,
+    staged,
+    sync_layer,
+    tree_usage,
+)
 from .daemons import FuseDaemons, daemon_processes, find_erofsfuse, resident_memory
 from .errors import ConversionError, FailedPrecondition, InvalidArgument, MountError, NotFound
 from .faults import fault_point
@@ -38,12 +48,14 @@ from .layout import Layout, make_dir, write_file
 from .metadata import Kind, MetadataStore, Snapshot
 from .mounts import host_capabilities, mount_erofs, mounts_under, unmount
 from .planner import (
+    VERITY_LABEL,
     ChainUse,
     Flattening,
     HostCapabilities,
     Mode,
     ModeChoice,
     MountSpec,
+    Verity,
     chain_stack,
     choose_mode,
     fits_mount_data,
@@ -54,6 +66,7 @@ from .planner import (
     plan_mounts,
     required_mounts,
     unpacking,
+    verified_labels,
 )
 from .trash import Trash
 
@@ -97,16 +110,18 @@ def chain_uses(snapshots: Iterable[Snapshot]) -> list[ChainUse]:
 class Snapshotter:
     def __init__(self, layout: Layout, mode: Mode = Mode.AUTO, *, host: HostCapabilities | None = None,
                  erofsfuse: str | None = None, mkfs: str = "mkfs.erofs", idle: IdlePolicy | None = None,
-                 flatten_layers: int = 0) -> None:
+                 flatten_layers: int = 0, verity: Verity = Verity.OFF) -> None:
         layout.create_base()
         self.layout = layout
         self.mode = mode
         self.host = host or host_capabilities()
         self.mkfs = mkfs
+        self.verity = verity
         self.idle = idle or IdlePolicy()
         # chains are only flattened where the kernel mounts them; every layer is then made referable, since any
         # may end up in a deep chain
-        self.flatten_layers = flatten_layers if mode is not Mode.FUSE and not self.host.kernel_blocker() else 0
+        kernel_mounts = mode is not Mode.FUSE and verity is not Verity.REQUIRED and not self.host.kernel_blocker()
+        self.flatten_layers = flatten_layers if kernel_mounts else 0
         self.mkfs_options = MKFS_OPTIONS if self.flatten_layers else ()
         self.store = MetadataStore(layout.metadata_path)
         self.daemons = FuseDaemons(layout, find_erofsfuse(erofsfuse))
@@ -119,12 +134,12 @@ class Snapshotter:
         self._expiry = ExpiryTimer(self._expire_idle)
         blocker = self.host.kernel_blocker()
         log.info("root %s, mode %s; kernel erofs mounts %s; erofsfuse: %s; idle erofsfuse daemons stay up %s; "
-                 "chains flattened %s",
+                 "chains flattened %s; layer hash trees %s",
                  layout.root, mode.value, f"impossible ({blocker})" if blocker else "possible",
                  self.daemons.binary or "not found",
                  f"for {self.idle.seconds:g}s (at most {self.idle.max_daemons}, {self.idle.max_memory >> 20} MiB)"
                  if self.idle.lingers else "not at all",
-                 f"beyond {self.flatten_layers} layers" if self.flatten_layers else "never")
+                 f"beyond {self.flatten_layers} layers" if self.flatten_layers else "never", verity.value)
         self.trash.requeue_leftovers()
         self.recover()
         self.restore_mounts()
@@ -156,9 +171,10 @@ class Snapshotter:
                     chain = store.ancestors(parent.id) if parent else []
                     choice, flattening = self._choose_mode(kind, key, chain) if chain else (None, Flattening.NONE)
                     fault_point("create:mounted")
+                    verified = verified_labels(choice.mode, chain, self._roots(chain)) if choice else {}
                     snap = store.create(kind, key, parent,
                                         {**labels, **(choice.labels() if choice else {}),
-                                         **flattened_labels(flattening, len(chain))},
+                                         **flattened_labels(flattening, len(chain)), **verified},
                                         choice.mode.value if choice else None,
                                         None if flattening is Flattening.NONE else flattening.value)
                     try:
@@ -183,19 +199,25 @@ class Snapshotter:
             return self._plan(snap, chain)
 
     def _choose_mode(self, kind: Kind, key: str, chain: Sequence[int]) -> tuple[ModeChoice, Flattening]:
-        """Pick the mode for a chain and make its mounts live (auto tries the kernel first)."""
+        """Pick the mode for a chain and make its mounts live (auto tries the kernel first, unless verity is
+        required)."""
+        if self.verity is Verity.REQUIRED:
+            roots = self._roots(chain)
+            if missing := [layer for layer in chain if layer not in roots]:
+                raise FailedPrecondition(f"verity is required, but layer #{missing[0]} of {len(missing)} without one "
+                                         "has no hash tree (it was committed before verity was on)")
         refusal = None
-        if self.mode is Mode.AUTO and self.host.kernel_blocker() is None:
+        if self.mode is Mode.AUTO and self.host.kernel_blocker() is None and self.verity is not Verity.REQUIRED:
             try:
                 flattening = self._mount_kernel(kind, key, chain)
             except MountError as exc:
                 refusal = str(exc)
             else:
                 return choose_mode(self.mode, self.host), flattening  # kernel mode, already mounted
-        choice = choose_mode(self.mode, self.host, refusal)
+        choice = choose_mode(self.mode, self.host, refusal, self.verity)
         if choice.mode is Mode.KERNEL:
             return choice, self._mount_kernel(kind, key, chain)
-        self.daemons.ensure(chain)
+        self.daemons.ensure(chain, self._roots(chain))
         return choice, Flattening.NONE
 
     def _plan(self, snap: Snapshot, chain: Sequence[int]) -> list[MountSpec]:
@@ -292,7 +314,7 @@ class Snapshotter:
     def _activate(self, mode: Mode, chain: Sequence[int], flattening: Flattening = Flattening.NONE) -> None:
         """Make sure the mounts serving ``chain`` are live (again, after a reboot or a crashed daemon)."""
         if mode is Mode.FUSE:
-            self.daemons.ensure(chain)
+            self.daemons.ensure(chain, self._roots(chain))
         elif flattening is Flattening.NONE:
             self._mount_layers(chain)
         elif flattening is Flattening.MOUNT:
@@ -401,19 +423,22 @@ class Snapshotter:
             blob = self._complete_blob(active.id)
             fault_point("commit:staged")
             usage = blob_usage(blob)
+            root = format_verity(blob, self.layout.verity_tree(active.id)) if self.verity is not Verity.OFF else None
+            labels = {**labels, VERITY_LABEL: root} if root else labels
             with self._lock:
                 with self.store.transaction() as store:
                     if store.find(key) != active:
                         raise NotFound(f"snapshot {key!r} changed while it was committed")
                     store.require_absent(name)
                     committed = store.commit(active, name, dict(labels), self._new_parent(active, parent_key),
-                                             usage.size, usage.inodes)
+                                             usage.size, usage.inodes, root)
                 recorded = True
                 fault_point("commit:recorded")
                 self._finish_commit(active.id)
         except BaseException:
             if not recorded:  # the active snapshot stays as it was
                 staged.unlink(missing_ok=True)
+                self.layout.verity_tree(active.id).unlink(missing_ok=True)
             raise
         finally:
             with self._lock:
@@ -421,6 +446,10 @@ class Snapshotter:
         log.info("committed %r as %r (#%d): %d bytes, %d inodes", key, name, active.id, usage.size, usage.inodes)
         self.release_unused(outgrown=active.parent_id, unpacked=unpacked)
         return committed
+
+    def _roots(self, chain: Sequence[int]) -> dict[int, str]:
+        """The root hashes of the layers of ``chain`` that have a hash tree, from the records."""
+        return {layer: root for layer in chain if (root := self.store.by_id(layer).verity)}
 
     def _new_parent(self, active: Snapshot, parent_key: str) -> Snapshot | None:
         """The parent after commit: the active's own, or one given for a parentless snapshot (a rebase)."""
@@ -573,6 +602,8 @@ class Snapshotter:
 
 def open_snapshotter(root: Path, mode: Mode, *, writable_root: Path | None = None, erofsfuse: str | None = None,
                      mkfs: str = "mkfs.erofs", idle: IdlePolicy | None = None,
-                     host: HostCapabilities | None = None, flatten_layers: int = 0) -> Snapshotter:
+                     host: HostCapabilities | None = None, flatten_layers: int = 0,
+                     verity: Verity = Verity.OFF) -> Snapshotter:
     return Snapshotter(Layout(root.resolve(), writable_root.resolve() if writable_root else None), mode,
-                       host=host, erofsfuse=erofsfuse, mkfs=mkfs, idle=idle, flatten_layers=flatten_layers)
+                       host=host, erofsfuse=erofsfuse, mkfs=mkfs, idle=idle, flatten_layers=flatten_layers,
+                       verity=verity)

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,8 +180,9 @@ class FuseDaemons:
                             "if it dies the containers using it lose their files", top, mountpoint,
                             list(found.workers))
 
-    def ensure(self, chain: Sequence[int]) -> Path:
-        """Make the merged tree of ``chain`` (nearest first) available; returns its mountpoint.
+    def ensure(self, chain: Sequence[int], roots: Mapping[int, str] | None = None) -> Path:
+        """Make the merged tree of ``chain`` (nearest first) available, the layers with a root hash in ``roots``
+        read verified; returns its mountpoint.
 
         A mount that answers is used as it is, whoever started it. One whose worker just died answers once
         the keeper's new worker serves; one that answers nothing within PROBE_TIMEOUT is an error (a new
@@ -206,7 +207,7 @@ class FuseDaemons:
         self.report_elsewhere(top, mountpoint)
         make_dir(mountpoint, 0o755)
         stack_file = self.layout.stack_file(top)
-        write_file(stack_file, json.dumps(stack_document(chain, self.layout), indent=1).encode(), 0o644)
+        write_file(stack_file, json.dumps(stack_document(chain, self.layout, roots), indent=1).encode(), 0o644)
         log_path = self.layout.stack_log(top)
         cmd = [self.binary, "-o", ",".join([*OPTIONS, f"log={log_path}"]), str(stack_file), str(mountpoint)]
         # erofsfuse returns once the mount is live and keeps serving in the background, in its own session;

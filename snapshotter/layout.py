@@ -33,6 +33,7 @@ from pathlib import Path
 MARKER = ".erofslayer"
 BLOB = "layer.erofs"
 STAGED_BLOB = ".layer.erofs.staged"
+VERITY_TREE = "layer.verity"
 PRIVATE_DIR = 0o700
 
 
@@ -79,6 +80,10 @@ class Layout:
 
     def blob(self, snapshot_id: int) -> Path:
         return self.snapshot_dir(snapshot_id) / BLOB
+
+    def verity_tree(self, snapshot_id: int) -> Path:
+        """A committed layer's dm-verity tree (with veritysetup's superblock), when it was given one."""
+        return self.snapshot_dir(snapshot_id) / VERITY_TREE
 
     def staged_blob(self, snapshot_id: int) -> Path:
         """Where a complete blob waits during Commit: it becomes ``layer.erofs`` once the record is committed."""

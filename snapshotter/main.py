@@ -16,7 +16,7 @@ from .core import open_snapshotter
 from .daemons import find_erofsfuse
 from .hostcheck import UnusableMode, check_mode
 from .mounts import host_capabilities
-from .planner import Mode
+from .planner import Mode, Verity
 from .service import serve
 from .settings import idle_policy, parse_settings
 
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                                    writable_root=Path(writable) if writable else None,
                                    erofsfuse=erofsfuse, mkfs=str(settings["mkfs_erofs"]),
                                    idle=idle_policy(settings), host=host,
-                                   flatten_layers=int(str(settings["flatten_layers"])))
+                                   flatten_layers=int(str(settings["flatten_layers"])),
+                                   verity=Verity(settings["verity"]))
     group = settings["socket_group"]
     server = serve(snapshotter, Path(str(settings["address"])), group=int(group) if group else None)
     signum = os.read(wake, 1)[0]

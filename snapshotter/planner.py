@@ -24,9 +24,10 @@ reads the lower dirs, and an fsmeta for every prefix of an image would make unpa
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from erofsfuse.erofs.verity import VeritySpec
 from erofsfuse.fuse.stackfile import StackFile, StackLayer
 from erofsfuse.host.mounting import PAGE_SIZE
 
@@ -43,9 +44,36 @@ class Mode(enum.StrEnum):
 MODE_LABEL = "containerd.io/snapshot/erofs.mode"
 MODE_REASON_LABEL = "containerd.io/snapshot/erofs.mode-reason"
 FLATTENED_LABEL = "containerd.io/snapshot/erofs.flattened"
+VERITY_LABEL = "containerd.io/snapshot/erofs.verity"  # a committed layer's dm-verity root hash (hex)
+VERIFIED_LABEL = "containerd.io/snapshot/erofs.verified"  # whether a snapshot's parents are read verified, and why
 # containerd names the snapshot it unpacks a layer into "extract-<unique part> <chain id>" (after its
 # "<namespace>/<number>/" prefix)
 UNPACK_KEY_PREFIX = "extract-"
+
+
+class Verity(enum.StrEnum):
+    """Whether committed layers get a dm-verity tree, and whether serving them must check it.
+
+    ``on``: every layer committed gets one; fuse mode checks every block read against it, kernel mode mounts
+    the layers as they are (checking needs dm-verity). ``required``: the same, and every chain is served in
+    fuse mode, checked; a chain with a layer that has no tree (committed before) is refused.
+    """
+
+    OFF = "off"
+    ON = "on"
+    REQUIRED = "required"
+
+
+def verified_labels(mode: Mode, chain: Sequence[int], roots: Mapping[int, str]) -> dict[str, str]:
+    """What a snapshot's ``erofs.verified`` label says about the layers under it (none when none has a tree)."""
+    have = sum(1 for layer in chain if layer in roots)
+    if not have:
+        return {}
+    if mode is not Mode.FUSE:
+        return {VERIFIED_LABEL: "no: kernel mode mounts the layers without dm-verity"}
+    if have < len(chain):
+        return {VERIFIED_LABEL: f"partly: {have} of {len(chain)} layers have a hash tree, erofsfuse checks those"}
+    return {VERIFIED_LABEL: f"yes: erofsfuse checks every block of the {len(chain)} layers against their root hashes"}
 
 
 class Flattening(enum.StrEnum):
@@ -100,10 +128,13 @@ class ModeChoice:
         return {MODE_LABEL: self.mode.value, MODE_REASON_LABEL: self.reason}
 
 
-def choose_mode(configured: Mode, host: HostCapabilities, kernel_refusal: str | None = None) -> ModeChoice:
+def choose_mode(configured: Mode, host: HostCapabilities, kernel_refusal: str | None = None,
+                verity: Verity = Verity.OFF) -> ModeChoice:
     """The mode for one chain. ``kernel_refusal`` says why the kernel rejected one of its layers, if it did."""
     if configured is not Mode.AUTO:
         return ModeChoice(configured, f"mode {configured.value} is configured")
+    if verity is Verity.REQUIRED:
+        return ModeChoice(Mode.FUSE, "verity is required, and only erofsfuse checks the layers' blocks")
     blocker = host.kernel_blocker()
     if blocker:
         return ModeChoice(Mode.FUSE, blocker)
@@ -206,11 +237,15 @@ def required_mounts(uses: Iterable[ChainUse]) -> RequiredMounts:
     return RequiredMounts(frozenset(kernel), stacks, users, flattened)
 
 
-def chain_stack(chain: Sequence[int], layout: Layout) -> StackFile:
-    """The layers of ``chain`` (nearest first) as a stack: bottom first."""
-    return StackFile(tuple(StackLayer(str(layout.blob(i))) for i in reversed(chain)))
+def chain_stack(chain: Sequence[int], layout: Layout, roots: Mapping[int, str] | None = None) -> StackFile:
+    """The layers of ``chain`` (nearest first) as a stack: bottom first, those with a root hash in ``roots``
+    read through their hash trees."""
+    roots = roots or {}
+    return StackFile(tuple(
+        StackLayer(str(layout.blob(i)), verity=VeritySpec(bytes.fromhex(roots[i]), str(layout.verity_tree(i))))
+        if i in roots else StackLayer(str(layout.blob(i))) for i in reversed(chain)))
 
 
-def stack_document(chain: Sequence[int], layout: Layout) -> dict:
+def stack_document(chain: Sequence[int], layout: Layout, roots: Mapping[int, str] | None = None) -> dict:
     """The erofsfuse stack file for ``chain`` (nearest first), as JSON."""
-    return chain_stack(chain, layout).to_document()
+    return chain_stack(chain, layout, roots).to_document()

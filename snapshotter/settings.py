@@ -11,6 +11,7 @@
     fuse_idle_max = 4            # ... how many daemons may be idle at once (the longest idle stops first)
     fuse_idle_memory_mib = 512   # ... and how much memory they may hold together
     flatten_layers = 32          # kernel mode: chains deeper than this are mounted as one fsmeta (0: never)
+    verity = "off"               # off | on (a dm-verity tree per layer, checked in fuse mode) | required (fuse only)
     log_level = "info"
 """
 
@@ -27,7 +28,7 @@ from erofsfuse import __version__
 
 from .flatten import MKFS_OPTIONS
 from .idle import MIB, IdlePolicy
-from .planner import Mode
+from .planner import Mode, Verity
 
 IDLE = IdlePolicy()
 # Chains deeper than this are flattened by default: see the README's Snapshotter section for the measurements
@@ -44,6 +45,7 @@ DEFAULTS = {
     "fuse_idle_max": str(IDLE.max_daemons),
     "fuse_idle_memory_mib": str(IDLE.max_memory // MIB),
     "flatten_layers": str(FLATTEN_LAYERS),
+    "verity": Verity.OFF.value,
     "log_level": "info",
 }
 NUMBERS = {"fuse_idle_seconds": float, "fuse_idle_max": int, "fuse_idle_memory_mib": int, "flatten_layers": int}
@@ -79,6 +81,10 @@ def parse_settings(argv: list[str] | None = None,
                         help="kernel mode: serve a chain of more than N layers as one erofs mount of a metadata image "
                              "that refers to the layers (built at the chain's first use; layers are then converted "
                              f"with {' '.join(MKFS_OPTIONS)}) (default {DEFAULTS['flatten_layers']}; 0 never does)")
+    parser.add_argument("--verity", choices=[v.value for v in Verity],
+                        help="give every committed layer a dm-verity hash tree (its root hash in the snapshot's "
+                             "erofs.verity label) that fuse mode checks each block against: on (kernel mode mounts "
+                             "the layers unchecked) or required (every chain in fuse mode, checked) (default off)")
     parser.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     settings: dict[str, str | None] = dict(defaults)
@@ -92,6 +98,11 @@ def parse_settings(argv: list[str] | None = None,
     settings.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
     if settings["mode"] not in {m.value for m in Mode}:
         parser.error(f"mode must be one of {', '.join(m.value for m in Mode)}")
+    if settings["verity"] not in {v.value for v in Verity}:
+        parser.error(f"verity must be one of {', '.join(v.value for v in Verity)}")
+    if settings["verity"] == Verity.REQUIRED and settings["mode"] == Mode.KERNEL:
+        parser.error("verity = required needs fuse or auto mode: the kernel mounts layers without checking them "
+                     "(no dm-verity)")
     for key, kind in NUMBERS.items():
         try:
             value = kind(str(settings[key]))
