@@ -11,6 +11,8 @@ Run it as root, with the project's interpreter:
     .venv/bin/python bench/bench_fuse.py --only kernel,erofsfuse --formats lz4hc --datasets smallfiles
 
 erofs-utils' erofsfuse gets a column when a native ``erofsfuse`` binary is on PATH.
+``erofsfuse-verity`` is this project's erofsfuse checking every block it reads against a dm-verity
+tree of the image (written beside it once), to show what verified serving costs next to the plain column.
 """
 
 from __future__ import annotations

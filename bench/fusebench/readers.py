@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from erofsfuse.erofs.verity import VerityParams, format_tree
 from erofsfuse.host import mounting
 from erofsfuse.host.mountinfo import mount_table
 
@@ -26,7 +27,8 @@ from .images import Image
 MOUNT_TIMEOUT = 60.0
 
 KERNEL, EROFSFUSE, EROFS_UTILS, SQUASHFUSE = "kernel", "erofsfuse", "erofs-utils", "squashfuse"
-READER_NAMES = (KERNEL, EROFSFUSE, EROFS_UTILS, SQUASHFUSE)
+VERIFIED = "erofsfuse-verity"  # erofsfuse checking every block against the image's dm-verity tree
+READER_NAMES = (KERNEL, EROFSFUSE, VERIFIED, EROFS_UTILS, SQUASHFUSE)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTED_DAEMONS: list[subprocess.Popen] = []  # every daemon ever started, so none can outlive the benchmark
 
@@ -43,6 +45,7 @@ class Reader:
     image_kind: str  # "erofs" or "squashfs"
     description: str
     command: tuple[str, ...] = ()  # FUSE daemon, run as: command -f IMAGE MOUNTPOINT
+    verified: bool = False  # served with -o verity= against a tree beside the image
 
     @property
     def is_kernel(self) -> bool:
@@ -95,6 +98,8 @@ def available_readers() -> tuple[dict[str, Reader], dict[str, str]]:
         KERNEL: Reader(KERNEL, "erofs", "kernel EROFS, file-backed (a loop device where the kernel refuses the file)"),
         EROFSFUSE: Reader(EROFSFUSE, "erofs", f"this project: {Path(sys.executable).name} -m erofsfuse.cli.mount",
                           (sys.executable, "-m", "erofsfuse.cli.mount")),
+        VERIFIED: Reader(VERIFIED, "erofs", "this project with -o verity=ROOTHASH,verity_hash=IMAGE.verity",
+                         (sys.executable, "-m", "erofsfuse.cli.mount"), verified=True),
     }
     missing = {}
     utils = find_erofs_utils_fuse()
@@ -151,6 +156,16 @@ def kernel_mount(image: Path, mountpoint: Path) -> Mount:
     return Mount(mountpoint, time.perf_counter() - start)
 
 
+def verity_options(image: Path) -> list[str]:
+    """``-o verity=...`` for ``image``, its tree written beside it once (again when the image is newer)."""
+    tree, root_file = image.with_name(image.name + ".verity"), image.with_name(image.name + ".verity.root")
+    if not root_file.exists() or root_file.stat().st_mtime < image.stat().st_mtime:
+        tree.unlink(missing_ok=True)
+        root = format_tree(str(image), str(tree), VerityParams(salt=bytes(32))).root_hash.hex()
+        root_file.write_text(root)
+    return ["-o", f"verity={root_file.read_text()},verity_hash={tree}"]
+
+
 def fuse_mount(reader: Reader, image: Path, mountpoint: Path, log: Path) -> Mount:
     """Start the daemon and wait until a stat of the mount's root is answered by it."""
     parent_device = os.stat(mountpoint.parent).st_dev
@@ -158,9 +173,11 @@ def fuse_mount(reader: Reader, image: Path, mountpoint: Path, log: Path) -> Moun
     with open(log, "ab") as log_file:
         log_file.write(f"\n== {' '.join(reader.command)} -f {image} {mountpoint}\n".encode())
         log_file.flush()
+        options = verity_options(image) if reader.verified else []
         start = time.perf_counter()
-        daemon = subprocess.Popen([*reader.command, "-f", str(image), str(mountpoint)], stdin=subprocess.DEVNULL,
-                                  stdout=log_file, stderr=log_file, env=env, start_new_session=True)
+        daemon = subprocess.Popen([*reader.command, *options, "-f", str(image), str(mountpoint)],
+                                  stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
+                                  start_new_session=True)
         STARTED_DAEMONS.append(daemon)
     mount = Mount(mountpoint, 0.0, daemon)
     try:
