@@ -1,4 +1,4 @@
-"""Breaking images on purpose: bytes patched in place, and the pclusters worth patching."""
+"""Breaking images on purpose: bytes patched in place, and the pclusters and dirents worth patching."""
 
 from __future__ import annotations
 
@@ -77,3 +77,35 @@ def reseal_superblock(path: str) -> None:
     area = bytearray(read_at(path, start, block - start if block > start else block))
     area[d.SUPERBLOCK_CHECKSUM_OFFSET : d.SUPERBLOCK_CHECKSUM_OFFSET + 4] = bytes(4)
     patch(path, superblock_offset("checksum"), struct.pack("<I", kernel_crc32c(bytes(area))))
+
+
+def file_position(img: ErofsImage, ino: Inode, la: int) -> int:
+    """Where byte ``la`` of an uncompressed inode lies in the primary file."""
+    ext = img.extent_at(ino, la)
+    assert ext.placement in (Placement.DEVICE, Placement.METADATA)
+    pos = ext.pa + (la - ext.la)
+    if ext.placement is Placement.DEVICE:
+        dev, pos = img.devices.locate(pos, ext.device_id)
+        assert dev is img.devices.primary
+    return pos
+
+
+def find_dirent(img: ErofsImage, want) -> tuple[bytes, Inode, list, int]:
+    """The first directory (path, inode, block entries, index) whose entry ``i`` of block 0 satisfies ``want``."""
+    for path, ino in img.walk():
+        if ino.is_dir and not ino.compressed:
+            entries = img.dirent_block(ino, 0)
+            for i in range(len(entries)):
+                if want(img, entries, i):
+                    return path, ino, entries, i
+    raise LookupError("no such directory entry")
+
+
+def rewrite_dirent(path: str, img: ErofsImage, dir_ino: Inode, entry, *, nid=None, nameoff=None) -> int:
+    """Change one dirent's nid or name offset in the image file; returns its position."""
+    pos = file_position(img, dir_ino, entry.offset)
+    old_nid, old_nameoff, ftype = d.DIRENT.unpack(read_at(path, pos, d.DIRENT.size))
+    assert old_nid == entry.nid  # the bytes found really are this dirent
+    patch(path, pos, d.DIRENT.pack(old_nid if nid is None else nid, old_nameoff if nameoff is None else nameoff, ftype))
+    reseal_superblock(path)  # the checksum covers the first block, which may hold this dirent
+    return pos

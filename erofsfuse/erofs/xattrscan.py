@@ -62,14 +62,15 @@ class XattrSearch:
             return
         entered = {root.nid}
         pending = deque([root])
-        batch_end = self.BATCH
+        limit = self.max_inodes + 1
+        pause = min(self.BATCH, limit)
         while pending:
             for entry in img.entries(pending.popleft()):
                 self.inodes += 1
-                if self.inodes >= batch_end:
-                    if self.inodes > self.max_inodes:
+                if self.inodes >= pause:
+                    if self.inodes >= limit:
                         raise SearchLimit(f"more than {self.max_inodes} inodes")
-                    batch_end += self.BATCH
+                    pause = min(pause + self.BATCH, limit)
                     yield self.inodes
                 ino = img.inode(entry.nid)
                 if ino.xattr_isize and self._has_shown(ino):
