@@ -25,8 +25,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from erofsfuse.erofs.errors import ErofsError
 from erofsfuse.erofs.image import ErofsImage
 from erofsfuse.erofs.verity import DEFAULT_SALT_SIZE, VerityParams, format_tree
+from erofsfuse.erofs.xattrscan import XattrSearch
+from erofsfuse.fuse.stack import StackTree
 
 from .errors import ConversionError
 from .faults import fault_point
@@ -205,6 +208,22 @@ def blob_usage(blob: Path) -> Usage:
     with ErofsImage(str(blob)) as image:
         inodes = image.sb.inos
     return Usage(blob.stat().st_size, inodes)
+
+
+def blob_xattrs(blob: Path) -> bool | None:
+    """Whether a layer blob has xattrs a stack of it shows (overlayfs' own markers do not count), for its
+    stack file entry, so that erofsfuse need not search it; None when the search could not tell."""
+    started = time.monotonic()
+    try:
+        with ErofsImage(str(blob)) as image:
+            search = XattrSearch(image, StackTree.shows_xattr)
+            found = search.run()
+    except ErofsError as exc:
+        log.warning("cannot tell whether %s has xattrs: %s", blob, exc)
+        return None
+    log.info("%s %s (%d inodes looked at in %.2fs)", blob, "has xattrs" if found is not None else "has no xattrs",
+             search.inodes, time.monotonic() - started)
+    return found is not None
 
 
 def tree_usage(path: Path) -> Usage:

@@ -31,6 +31,7 @@ from . import filters
 from .convert import (
     Usage,
     blob_usage,
+    blob_xattrs,
     build_layer,
     copy_layer,
     format_verity,
@@ -217,7 +218,7 @@ class Snapshotter:
         choice = choose_mode(self.mode, self.host, refusal, self.verity)
         if choice.mode is Mode.KERNEL:
             return choice, self._mount_kernel(kind, key, chain)
-        self.daemons.ensure(chain, self._roots(chain))
+        self._serve_stack(chain)
         return choice, Flattening.NONE
 
     def _plan(self, snap: Snapshot, chain: Sequence[int]) -> list[MountSpec]:
@@ -314,7 +315,7 @@ class Snapshotter:
     def _activate(self, mode: Mode, chain: Sequence[int], flattening: Flattening = Flattening.NONE) -> None:
         """Make sure the mounts serving ``chain`` are live (again, after a reboot or a crashed daemon)."""
         if mode is Mode.FUSE:
-            self.daemons.ensure(chain, self._roots(chain))
+            self._serve_stack(chain)
         elif flattening is Flattening.NONE:
             self._mount_layers(chain)
         elif flattening is Flattening.MOUNT:
@@ -423,6 +424,7 @@ class Snapshotter:
             blob = self._complete_blob(active.id)
             fault_point("commit:staged")
             usage = blob_usage(blob)
+            xattrs = blob_xattrs(blob)
             root = format_verity(blob, self.layout.verity_tree(active.id)) if self.verity is not Verity.OFF else None
             labels = {**labels, VERITY_LABEL: root} if root else labels
             with self._lock:
@@ -431,7 +433,7 @@ class Snapshotter:
                         raise NotFound(f"snapshot {key!r} changed while it was committed")
                     store.require_absent(name)
                     committed = store.commit(active, name, dict(labels), self._new_parent(active, parent_key),
-                                             usage.size, usage.inodes, root)
+                                             usage.size, usage.inodes, root, xattrs)
                 recorded = True
                 fault_point("commit:recorded")
                 self._finish_commit(active.id)
@@ -450,6 +452,13 @@ class Snapshotter:
     def _roots(self, chain: Sequence[int]) -> dict[int, str]:
         """The root hashes of the layers of ``chain`` that have a hash tree, from the records."""
         return {layer: root for layer in chain if (root := self.store.by_id(layer).verity)}
+
+    def _serve_stack(self, chain: Sequence[int]) -> None:
+        """Make ``chain``'s erofsfuse mount live, its stack file saying what the records know of each layer:
+        its root hash, and whether it has xattrs (unknown for layers committed before that was recorded)."""
+        records = [self.store.by_id(layer) for layer in chain]
+        self.daemons.ensure(chain, {r.id: r.verity for r in records if r.verity},
+                            {r.id: r.xattrs for r in records if r.xattrs is not None})
 
     def _new_parent(self, active: Snapshot, parent_key: str) -> Snapshot | None:
         """The parent after commit: the active's own, or one given for a parentless snapshot (a rebase)."""

@@ -180,9 +180,10 @@ class FuseDaemons:
                             "if it dies the containers using it lose their files", top, mountpoint,
                             list(found.workers))
 
-    def ensure(self, chain: Sequence[int], roots: Mapping[int, str] | None = None) -> Path:
+    def ensure(self, chain: Sequence[int], roots: Mapping[int, str] | None = None,
+               xattrs: Mapping[int, bool] | None = None) -> Path:
         """Make the merged tree of ``chain`` (nearest first) available, the layers with a root hash in ``roots``
-        read verified; returns its mountpoint.
+        read verified, those in ``xattrs`` known to have xattrs or not; returns its mountpoint.
 
         A mount that answers is used as it is, whoever started it. One whose worker just died answers once
         the keeper's new worker serves; one that answers nothing within PROBE_TIMEOUT is an error (a new
@@ -207,7 +208,7 @@ class FuseDaemons:
         self.report_elsewhere(top, mountpoint)
         make_dir(mountpoint, 0o755)
         stack_file = self.layout.stack_file(top)
-        write_file(stack_file, json.dumps(stack_document(chain, self.layout, roots), indent=1).encode(), 0o644)
+        write_file(stack_file, json.dumps(stack_document(chain, self.layout, roots, xattrs), indent=1).encode(), 0o644)
         log_path = self.layout.stack_log(top)
         cmd = [self.binary, "-o", ",".join([*OPTIONS, f"log={log_path}"]), str(stack_file), str(mountpoint)]
         # erofsfuse returns once the mount is live and keeps serving in the background, in its own session;

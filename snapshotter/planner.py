@@ -237,15 +237,18 @@ def required_mounts(uses: Iterable[ChainUse]) -> RequiredMounts:
     return RequiredMounts(frozenset(kernel), stacks, users, flattened)
 
 
-def chain_stack(chain: Sequence[int], layout: Layout, roots: Mapping[int, str] | None = None) -> StackFile:
+def chain_stack(chain: Sequence[int], layout: Layout, roots: Mapping[int, str] | None = None,
+                xattrs: Mapping[int, bool] | None = None) -> StackFile:
     """The layers of ``chain`` (nearest first) as a stack: bottom first, those with a root hash in ``roots``
-    read through their hash trees."""
-    roots = roots or {}
+    read through their hash trees, each saying whether it has xattrs the stack shows where ``xattrs`` knows."""
+    roots, xattrs = roots or {}, xattrs or {}
     return StackFile(tuple(
-        StackLayer(str(layout.blob(i)), verity=VeritySpec(bytes.fromhex(roots[i]), str(layout.verity_tree(i))))
-        if i in roots else StackLayer(str(layout.blob(i))) for i in reversed(chain)))
+        StackLayer(str(layout.blob(i)), xattrs=xattrs.get(i),
+                   verity=VeritySpec(bytes.fromhex(roots[i]), str(layout.verity_tree(i))) if i in roots else None)
+        for i in reversed(chain)))
 
 
-def stack_document(chain: Sequence[int], layout: Layout, roots: Mapping[int, str] | None = None) -> dict:
+def stack_document(chain: Sequence[int], layout: Layout, roots: Mapping[int, str] | None = None,
+                   xattrs: Mapping[int, bool] | None = None) -> dict:
     """The erofsfuse stack file for ``chain`` (nearest first), as JSON."""
-    return chain_stack(chain, layout, roots).to_document()
+    return chain_stack(chain, layout, roots, xattrs).to_document()

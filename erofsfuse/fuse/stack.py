@@ -193,7 +193,10 @@ class StackTree(Tree):
             raise NoSuchAttribute(name.decode("utf-8", "surrogateescape"))
         return super().getxattr(node, name)
 
-    def shows_xattr(self, name: bytes) -> bool:
+    @staticmethod
+    def shows_xattr(name: bytes) -> bool:
+        """Overlayfs' private xattrs are the stack's to apply, never shown (a static rule: layers are judged
+        by it before they are stacked)."""
         return not name.startswith(PRIVATE_XATTR_PREFIXES)
 
     def layer_xattrs(self) -> list[bool | None]:
