@@ -1,13 +1,14 @@
-"""A thread-safe LRU cache bounded by the total size of its values."""
+"""Thread-safe caching: an LRU bounded by the total size of its values, and one computation per key."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Sized
+from collections.abc import Callable, Hashable, Sized
 from typing import Generic, TypeVar
 
 V = TypeVar("V", bound=Sized)
+T = TypeVar("T")
 
 
 class SizedLRU(Generic[V]):
@@ -48,3 +49,47 @@ class SizedLRU(Generic[V]):
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
+
+
+class _Call(Generic[T]):
+    """One computation in progress; its lock is held until the result is there."""
+
+    __slots__ = ("running", "result", "error")
+
+    def __init__(self) -> None:
+        self.running = threading.Lock()  # a plain lock costs less to make than an Event
+        self.running.acquire()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class SingleFlight(Generic[T]):
+    """At most one computation per key at a time: a caller that asks for a key being computed waits for that
+    result instead of computing it again (two concurrent reads of one pcluster decode it once)."""
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, _Call[T]] = {}
+        self._lock = threading.Lock()
+
+    def run(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self._lock:
+            call = self._running.get(key)
+            owner = call is None
+            if owner:
+                call = self._running[key] = _Call()
+        if not owner:
+            with call.running:  # returns once the owner is done
+                pass
+            if call.error is not None:
+                raise call.error
+            return call.result  # type: ignore[return-value]
+        try:
+            call.result = compute()
+            return call.result
+        except BaseException as exc:
+            call.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._running[key]
+            call.running.release()

@@ -11,16 +11,19 @@ extents go straight to the reader (the kernel keeps what it asked for).
 from __future__ import annotations
 
 import enum
+import functools
 import threading
+from collections.abc import Callable
 from typing import NamedTuple
 
 from . import _zmap
 from . import ondisk as d
-from .cache import SizedLRU
+from .cache import SingleFlight, SizedLRU
 from .decompress import decompress
 from .devices import DeviceSet
 from .errors import CorruptImage, ErofsError
 from .inode import Inode
+from .parallel import run_shared
 from .superblock import Superblock
 
 # algorithms that decode a pcluster in milliseconds rather than microseconds
@@ -30,6 +33,8 @@ READ_AHEAD_TRIGGER = 256 * 1024
 READ_AHEAD_BYTES = 2 << 20
 # compressed bytes one read fetches up front; a hostile map (huge pclusters for tiny extents) cannot make it more
 PREFETCH_BYTES = 8 << 20
+# a read that decodes at least this much shares its pclusters out between the cores
+PARALLEL_DECODE_BYTES = 128 * 1024
 
 
 class Placement(enum.IntEnum):
@@ -144,6 +149,7 @@ class DataReader:
         self.packed_inode = packed_inode
         self.device_id_mask = (1 << len(devices.slots).bit_length()) - 1 if devices.slots else 0
         self.lz4_zero_padding = sb.incompat(d.INCOMPAT_LZ4_0PADDING)
+        self._decoding: SingleFlight[bytes] = SingleFlight()  # pclusters being decoded for the cache
 
     # -- public entry points -----------------------------------------------
     def read(self, ino: Inode, offset: int, length: int) -> bytes:
@@ -302,23 +308,35 @@ class DataReader:
         if end - offset >= READ_AHEAD_TRIGGER and _PLACEMENTS[flags & _WHERE] is DEVICE:
             # a large read is usually part of a sequential one: start the next compressed bytes coming
             self.devices.prefetch(pa + plen, READ_AHEAD_BYTES)
-        parts = []
+        parts: list[bytes | memoryview | None] = []
+        decodes: list[tuple[int, Callable[[], bytes | memoryview]]] = []  # (index in parts, what fills it)
+        decoded_bytes = 0
         pos = offset
         for ext in extents:
             la, llen, pa, _, _, flags = ext
             placement = _PLACEMENTS[flags & _WHERE]
             stop = min(end, la + llen)
-            if pos == la and stop == la + llen and placement is DEVICE and pa in sources:
-                # a whole extent is decoded without the cache: the kernel keeps what it asked for
-                parts.append(self._decode(ino, ext, sources[pa]))
-            elif placement is FRAGMENT:
+            if placement is FRAGMENT:
                 parts.append(self._read_fragment(ino, cmap.fragment_offset + (pos - la), stop - pos))
             elif placement is HOLE:
                 parts.append(bytes(stop - pos))
             else:
-                parts.append(self._pcluster(ino, ext, placement, sources.get(pa))[pos - la : stop - la])
+                if pos == la and stop == la + llen and placement is DEVICE and pa in sources:
+                    # a whole extent is decoded without the cache: the kernel keeps what it asked for
+                    job = functools.partial(self._decode, ino, ext, sources[pa])
+                else:
+                    job = functools.partial(self._pcluster, ino, ext, placement, sources.get(pa), pos - la, stop - la)
+                decodes.append((len(parts), job))
+                parts.append(None)
+                decoded_bytes += llen
             pos = stop
-        return parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
+        if len(decodes) > 1 and decoded_bytes >= PARALLEL_DECODE_BYTES:
+            for (index, _), data in zip(decodes, run_shared([job for _, job in decodes]), strict=True):
+                parts[index] = data
+        else:
+            for index, job in decodes:
+                parts[index] = job()
+        return parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)  # type: ignore[arg-type]
 
     def _prefetch(self, ino: Inode, extents: list[NativeExtent], offset: int, end: int) -> dict[int, memoryview]:
         """Compressed bytes of the pclusters to decode (whole extents, and parts not cached), read in one go
@@ -365,13 +383,18 @@ class DataReader:
         shift = la & (self.block_size - 1) if algorithm == d.COMPRESSION_INTERLACED else 0
         return (ino.nid if placement is METADATA else -1, pa, plen, algorithm, llen, shift)
 
-    def _pcluster(self, ino: Inode, ext: NativeExtent, placement: Placement,
-                  src: bytes | memoryview | None = None) -> bytes:
-        """The decoded extent, through the cache (``src``: its compressed bytes, when already read)."""
+    def _pcluster(self, ino: Inode, ext: NativeExtent, placement: Placement, src: bytes | memoryview | None,
+                  start: int, stop: int) -> memoryview:
+        """Bytes ``[start, stop)`` of the decoded extent, through the cache (``src``: its compressed bytes, when
+        already read). Concurrent reads of one pcluster decode it once: the later ones wait for the first."""
         key = self._key(ino, ext, placement)
         out = self.pclusters.get(key)
-        if out is not None:
-            return out
+        if out is None:
+            out = self._decoding.run(key, functools.partial(self._decode_kept, ino, ext, placement, src, key))
+        return memoryview(out)[start:stop]
+
+    def _decode_kept(self, ino: Inode, ext: NativeExtent, placement: Placement, src: bytes | memoryview | None,
+                     key: tuple) -> bytes:
         if src is None:
             _, _, pa, plen, _, _ = ext
             src = (ino.space if placement is METADATA else self.devices).read(pa, plen)
