@@ -201,9 +201,12 @@ def test_search_steps_yield_between_batches(bare_image):
     assert progress == sorted(progress) and len(progress) >= search.inodes // 8 - 1
 
 
-def test_search_gives_up_past_its_limit(bare_image):
-    with ErofsImage(bare_image) as img, pytest.raises(SearchLimit, match="more than 20 inodes"):
-        XattrSearch(img, max_inodes=20).run()
+def test_search_gives_up_past_its_limits(bare_image):
+    with ErofsImage(bare_image) as img:
+        with pytest.raises(SearchLimit, match="more than 20 inodes"):
+            XattrSearch(img, max_inodes=20).run()
+        with pytest.raises(SearchLimit, match="more than 3 directories"):
+            XattrSearch(img, max_directories=3).run()
 
 
 def make_loop(image: str) -> int:

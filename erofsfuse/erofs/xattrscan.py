@@ -7,8 +7,9 @@ those without an xattr area are passed over at the cost of decoding the inode, t
 read. Directories are entered in the order they are found (breadth first), the order in which mkfs.erofs
 lays inodes out, so that metadata is read mostly forward: over twice as fast as depth first on an image of
 /usr. The search is bounded on hostile images: each directory is entered once and one met again (a loop,
-or a hard-linked directory, which mkfs.erofs never writes) is corruption, and past ``max_inodes`` inodes the
-search gives up (``SearchLimit``). Whoever asked must then assume the image has xattrs.
+or a hard-linked directory, which mkfs.erofs never writes) is corruption, and past ``max_inodes`` inodes
+or ``max_directories`` directories (their nids are what it keeps in memory) the search gives up
+(``SearchLimit``). Whoever asked must then assume the image has xattrs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .inode import Inode
 # Far more than a container image or a distribution holds (/usr of a desktop is about 200,000 inodes); at a
 # few microseconds an inode the search ends within a minute however many directories an image claims.
 MAX_INODES = 16_000_000
+MAX_DIRECTORIES = 1_000_000  # /usr has about 15,000; a million nids kept is under 100 MiB
 
 
 class SearchLimit(ErofsError):
@@ -43,10 +45,12 @@ class XattrSearch:
 
     BATCH = 512  # a few milliseconds
 
-    def __init__(self, img: ErofsImage, shown: Callable[[bytes], bool] = every_name, max_inodes: int = MAX_INODES):
+    def __init__(self, img: ErofsImage, shown: Callable[[bytes], bool] = every_name, max_inodes: int = MAX_INODES,
+                 max_directories: int = MAX_DIRECTORIES):
         self.img = img
         self.shown = shown
         self.max_inodes = max_inodes
+        self.max_directories = max_directories
         self.found: int | None = None
         self.inodes = 0
 
@@ -61,11 +65,11 @@ class XattrSearch:
             self.found = root.nid
             return
         entered = {root.nid}
-        pending = deque([root])
+        pending = deque([root.nid])
         limit = self.max_inodes + 1
         pause = min(self.BATCH, limit)
         while pending:
-            for entry in img.entries(pending.popleft()):
+            for entry in img.entries(img.inode(pending.popleft())):
                 self.inodes += 1
                 if self.inodes >= pause:
                     if self.inodes >= limit:
@@ -80,8 +84,10 @@ class XattrSearch:
                     if ino.nid in entered:
                         raise CorruptImage("directory reached twice: a directory loop or a hard-linked directory",
                                            ino.nid)
+                    if len(entered) >= self.max_directories:
+                        raise SearchLimit(f"more than {self.max_directories} directories")
                     entered.add(ino.nid)
-                    pending.append(ino)
+                    pending.append(ino.nid)
 
     def run(self) -> int | None:
         """Search to the end; returns ``found``."""
