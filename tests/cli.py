@@ -1,4 +1,4 @@
-"""Helpers for the erofstool tests: running the command, scratch tmpfs mounts, deadlines."""
+"""Helpers for the erofstool tests: running the command, tmpfs mounts for scratch trees, deadlines."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-
-import pytest
 
 from .kernel import mount, umount
 
@@ -49,15 +47,6 @@ def tmpfs(path: str | os.PathLike, size: str = "1g"):
         yield path
     finally:
         umount(os.fspath(path))
-
-
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory):
-    """A module-wide tmpfs directory for extracted trees and generated trees."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs (and extracting owners, devices and trusted xattrs) needs root")
-    with tmpfs(tmp_path_factory.mktemp("tmpfs")) as path:
-        yield path
 
 
 @contextlib.contextmanager

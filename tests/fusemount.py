@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,6 +14,17 @@ from pathlib import Path
 from erofsfuse.host.mountinfo import mount_table
 
 ERofsFUSE = [sys.executable, "-m", "erofsfuse.cli.mount"]
+
+
+def fuse_missing() -> str | None:
+    """Why erofsfuse cannot mount on this host, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "FUSE is not available on this host: /dev/fuse is missing"
+    if not shutil.which("fusermount3"):
+        return "FUSE is not available on this host: fusermount3 is not installed (Debian: fuse3)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "FUSE is not available to this user: /dev/fuse is not open to it"
+    return None
 
 
 def erofsfuse_command(image: str, mountpoint: str, devices=(), options=(), args=()) -> list[str]:

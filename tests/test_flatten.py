@@ -42,7 +42,7 @@ FSCK_TOOLS = [tool for tool in (shutil.which("fsck.erofs"), "/opt/erofs-utils/bi
               if tool and os.access(tool, os.X_OK)]
 pytestmark = [
     pytest.mark.skipif(MKFS is None, reason="mkfs.erofs is not installed"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="kernel mounts need root"),
+    pytest.mark.root,
 ]
 
 CHUNKED_OPTIONS = ("--chunksize=4096",)  # the other form an fsmeta can refer to: chunk-based files

@@ -119,6 +119,8 @@ def test_fifty_concurrent_readers_get_correct_data():
     assert all(results)
 
 
+@pytest.mark.root
+@pytest.mark.fuse
 @pytest.mark.parametrize("helper", ["mount", "mount.fuse3"])
 def test_mount_helper_forms(tmp_path, helper):
     """``mount -t fuse.erofsfuse`` and ``mount.fuse3 ... -t erofsfuse`` both reach erofsfuse."""
@@ -223,6 +225,7 @@ def _expected_in_namespace(entries: dict, mapped_uid: int, mapped_gid: int) -> d
     return out
 
 
+@pytest.mark.fuse  # erofsfuse mounts in the child process
 @pytest.mark.parametrize("name", SAMPLE)
 def test_rootless_in_user_namespace(tmp_path, name):
     """As root of ``unshare -Urm`` (where kernel EROFS never mounts): names, content, mapped owners."""

@@ -23,14 +23,13 @@ from erofsfuse.cli.fsck import check
 from erofsfuse.erofs import ondisk as d
 from erofsfuse.erofs.image import ErofsImage
 
-from .cli import scratch  # noqa: F401  (a fixture)
 from .kernel import erofs_mount
 from .trees import describe_image, describe_path, diff_trees
 
 MKFS = shutil.which("mkfs.erofs")
 pytestmark = [
     pytest.mark.skipif(MKFS is None, reason="mkfs.erofs is not installed"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="kernel mounts need root"),
+    pytest.mark.root,
 ]
 
 BLOB = "<blob>"
@@ -237,7 +236,7 @@ def build_tree(root: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tree(scratch):  # noqa: F811
+def tree(scratch):
     root = os.path.join(scratch, "tree")
     os.mkdir(root)
     build_tree(root)

@@ -19,7 +19,7 @@ from . import corpus
 from .cli import tmpfs
 from .trees import describe_path, diff_trees
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+pytestmark = pytest.mark.root
 
 
 def loops_backed_by(files: list[Path]) -> dict[Path, str]:

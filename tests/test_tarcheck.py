@@ -30,7 +30,7 @@ import pyzstd
 from snapshotter.convert import build_layer
 
 from . import corpus
-from .cli import device_args, run_tool, scratch  # noqa: F401  (scratch is a fixture)
+from .cli import device_args, run_tool
 from .kernel import erofs_mount
 from .snapshotter.oci import Layer
 from .trees import TYPES, sha256_file
@@ -228,7 +228,7 @@ BUILDERS = {
 
 
 @pytest.fixture(scope="module", params=list(BUILDERS))
-def built(request, scratch):  # noqa: F811
+def built(request, scratch):
     """The sample tarball and an image of it by one of the ``BUILDERS``, mounted by the kernel."""
     work = Path(scratch) / request.param
     work.mkdir()

@@ -21,7 +21,7 @@ from erofsfuse.cli.progress import Progress
 from erofsfuse.erofs import ondisk as d
 
 from . import corpus
-from .cli import assert_one_error_line, device_args, run_tool, scratch  # noqa: F401  (scratch is a fixture)
+from .cli import assert_one_error_line, device_args, run_tool
 from .trees import ALL_KEYS, TYPES, describe_path, diff_trees
 
 # a few images that between them have every layout, compression and xattr kind
@@ -54,7 +54,7 @@ def samples(entries: dict[str, dict]) -> list[str]:
 
 # -- extract ---------------------------------------------------------------------
 @pytest.mark.parametrize("name", corpus.image_names())
-def test_extract_matches_manifest(name, scratch):  # noqa: F811
+def test_extract_matches_manifest(name, scratch):
     dest = os.path.join(scratch, name)
     proc = tool("extract", name, dest)
     expected = corpus.manifest(name)["entries"]
@@ -74,7 +74,7 @@ def test_extract_matches_manifest(name, scratch):  # noqa: F811
     assert not problems, "\n".join(problems)
 
 
-def test_extract_subtree_and_single_file(scratch):  # noqa: F811
+def test_extract_subtree_and_single_file(scratch):
     entries = corpus.manifest("lz4hc-C32k-ztail-frag-dedupe")["entries"]
     dirs = [p for p, e in entries.items() if e["type"] == "dir" and p != "/"]
     top = max(dirs, key=lambda p: len(entries[p]["entries"]))
@@ -272,7 +272,7 @@ def test_getfattr(name):
 
 
 # -- options and errors ------------------------------------------------------------------
-def test_offset_reads_an_embedded_image(scratch):  # noqa: F811
+def test_offset_reads_an_embedded_image(scratch):
     name = "fsmeta-flat"
     prefix = os.urandom(12345)
     path = os.path.join(scratch, "embedded.img")

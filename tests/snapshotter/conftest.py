@@ -10,24 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.fusemount import fuse_missing
 from tests.snapshotter.daemon import Client, SnapshotterProcess
 from tests.snapshotter.mounting import unmount_below
 
 MODES = ("kernel", "fuse")
-
-
-def erofsfuse_missing() -> str | None:
-    """Why fuse mode (erofsfuse daemons) cannot run on this host, or None."""
-    if not shutil.which("fusermount3") or not os.path.exists("/dev/fuse"):
-        return "FUSE is not available on this host"
-    return None
+# Why fuse mode (erofsfuse daemons) cannot run on this host, or None.
+erofsfuse_missing = fuse_missing
 
 
 def mode_param(mode: str):
-    """A pytest param for ``mode``; fuse-mode cases are skipped where FUSE is not available."""
-    reason = erofsfuse_missing() if mode == "fuse" else None
-    marks = [pytest.mark.skip(reason=reason)] if reason else []
-    return pytest.param(mode, marks=marks, id=mode)
+    """A pytest param for ``mode``, marked ``kernel`` or ``fuse``: skipped where that mode cannot run."""
+    return pytest.param(mode, marks=getattr(pytest.mark, mode), id=mode)
 
 
 @dataclass

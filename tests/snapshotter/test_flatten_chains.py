@@ -15,7 +15,6 @@ containerd's overlayfs snapshotter shows.
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import shutil
 import sqlite3
@@ -50,7 +49,7 @@ from tests.snapshotter.test_containerd import running_stack, wait_for_reconnect
 from tests.snapshotter.test_lifecycle import LAYER_1, LAYER_2, build_chain, upper_of
 from tests.snapshotter.test_testsuite import mounted
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="kernel mounts need root")
+pytestmark = pytest.mark.root
 
 FSCK = shutil.which("fsck.erofs")
 LAYER_3 = fstest.apply(

@@ -56,6 +56,9 @@ def rootless_missing() -> str | None:
 
 
 pytestmark = [
+    pytest.mark.root,
+    pytest.mark.containerd,
+    pytest.mark.fuse,
     pytest.mark.skipif(rootless_missing() is not None, reason=str(rootless_missing())),
     pytest.mark.skipif(not oci.BUSYBOX.is_file(), reason="needs a static busybox (Debian: busybox-static)"),
 ]
