@@ -101,11 +101,11 @@ def fuse_mount(image: str, devices=(), options=(), mountpoint: str | None = None
 
 
 @contextlib.contextmanager
-def traced_mount(image: str, log_path: str):
+def traced_mount(image: str, log_path: str, options=()):
     """Mount ``image`` with every request logged (``--debug``) to ``log_path``; yields the mountpoint."""
     with tempfile.TemporaryDirectory(prefix="efuse-") as mnt, open(log_path, "wb") as log:
-        daemon = subprocess.Popen(erofsfuse_command(image, mnt, args=["--debug"]), stdout=subprocess.DEVNULL,
-                                  stderr=log)
+        daemon = subprocess.Popen(erofsfuse_command(image, mnt, options=options, args=["--debug"]),
+                                  stdout=subprocess.DEVNULL, stderr=log)
         try:
             deadline = time.monotonic() + 60
             while not is_mounted(mnt):

@@ -74,6 +74,7 @@ class MountOptions:
     threads: int = 4
     cache_mib: int = 32
     busy_poll_us: int = 200
+    preload_kib: int = 128
     log: str | None = None
     failover: bool = False
     xattrs: XattrMode = XattrMode.AUTO
@@ -103,6 +104,8 @@ def parse_options(values: list[str]) -> MountOptions:
                 opts.cache_mib = max(1, _integer(key, arg))
             elif key == "busy_poll" and eq:
                 opts.busy_poll_us = max(0, _integer(key, arg))
+            elif key == "preload" and eq:
+                opts.preload_kib = max(0, _integer(key, arg))
             elif key == "log" and eq:
                 opts.log = arg
             elif key == "failover" and not eq:
@@ -174,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="mount options: allow_other, fsname=, subtype=, device=PATH, offset=N, threads=N, "
-                        "cache_mib=N, busy_poll=USEC, log=FILE (where a background daemon logs; default syslog), "
+                        "cache_mib=N, busy_poll=USEC, preload=KIB (files up to this size go into the page "
+                        "cache when first opened, so reading them asks nothing; default 128, 0: off), "
+                        "log=FILE (where a background daemon logs; default syslog), "
                         "failover (survive SIGKILL), xattrs=auto|on|off (auto: once no inode is found to have an "
                         "xattr, tell the kernel so and be asked no more; on: always answer; off: never), "
                         "verity=ROOTHASH (check every block against the image's "
@@ -299,7 +304,7 @@ def run(args: argparse.Namespace, opts: MountOptions, readiness: Readiness, resu
     if not any(o.startswith("subtype=") for o in fuse_opts):
         fuse_opts.add("subtype=erofsfuse")
     ops = ErofsOperations(tree, debug=args.debug, threads=opts.threads, busy_poll=opts.busy_poll_us / 1e6,
-                          xattrs=XattrAnswers(tree, opts.xattrs))
+                          xattrs=XattrAnswers(tree, opts.xattrs), preload=opts.preload_kib * 1024)
     mountpoint = os.path.realpath(args.mountpoint)
     proxy = ConnectionProxy(resume_fd, on_closed=lambda: None) if resume_fd is not None else None
     if proxy is None and (problem := fuse_problem(allow_other="allow_other" in fuse_opts)):

@@ -33,6 +33,8 @@ CACHE_TIMEOUT = 365 * 24 * 3600.0
 # that one slow read never stalls lookups elsewhere; small cheap reads run
 # inline, where a thread hand-off would cost more than the read.
 THREAD_READ_THRESHOLD = 128 * 1024
+# how many inodes the server remembers having put into the page cache (so it does so once per file)
+PRELOADED_REMEMBERED = 1 << 20
 
 
 def _errno_of(exc: BaseException) -> int:
@@ -85,10 +87,13 @@ class ErofsOperations(pyfuse3.Operations):
     enable_acl = True  # let the kernel enforce POSIX ACLs as it does for EROFS
 
     def __init__(self, tree: Tree, *, debug: bool = False, threads: int = 4, busy_poll: float = 0.0,
-                 xattrs: XattrAnswers | None = None):
-        """``xattrs`` decides whether xattr requests are answered (always, by default)."""
+                 xattrs: XattrAnswers | None = None, preload: int = 0):
+        """``xattrs`` decides whether xattr requests are answered (always, by default); files of at most
+        ``preload`` bytes go into the kernel's page cache with their first open."""
         super().__init__()
         self.tree = tree
+        self.preload = preload
+        self._preloaded: set[int] = set()
         self.xattrs = xattrs if xattrs is not None else XattrAnswers(tree, XattrMode.ON)
         self.debug = debug
         self.nodes: dict[int, Node] = {ROOT_INO: tree.root}
@@ -214,8 +219,28 @@ class ErofsOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        self._node(inode)
+        node = self._node(inode)
+        if self.preload and inode not in self._preloaded:
+            await self._store_small_file(inode, node)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    async def _store_small_file(self, inode: int, node: Node) -> None:
+        """Put a small file's bytes into the kernel's page cache before the OPEN is answered, so that the READ
+        which usually follows is answered by the kernel (it keeps them: the image never changes)."""
+        if len(self._preloaded) >= PRELOADED_REMEMBERED:
+            self._preloaded.clear()  # a file opened again after this is stored again: harmless
+        self._preloaded.add(inode)
+        size = node.inode.size
+        if not 0 < size <= self.preload or not stat.S_ISREG(node.inode.mode):
+            return
+        if node.image.costly_read(node.inode, 0, size):
+            data = await trio.to_thread.run_sync(self.tree.read, node, 0, size, limiter=self._limiter)
+        else:
+            data = self.tree.read(node, 0, size)
+        try:
+            pyfuse3.notify_store(inode, 0, data)
+        except OSError as exc:  # the kernel does not take it: READ as usual
+            log.debug("cannot store inode %d in the page cache: %s", inode, exc)
 
     @fuse_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
