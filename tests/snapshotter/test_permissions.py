@@ -86,7 +86,10 @@ def open_directory():
 
 
 def read_as(uid: int, path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["cat", str(path)], user=uid, group=uid, capture_output=True, text=True)
+    # setpriv, not subprocess's user=: that forks this process, whose gRPC threads' fork handlers can crash
+    # the child before it runs cat (seen as SIGBUS); without user= the child is spawned with vfork
+    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "cat", str(path)],
+                          capture_output=True, text=True)
 
 
 def test_mounts_enforce_modes_and_admit_every_user(env: Env) -> None:
