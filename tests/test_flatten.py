@@ -343,6 +343,7 @@ def test_chunks_of_chunk_based_layers_are_referenced_where_they_are(tmp_path):
     (tree / "repeats").write_bytes(pattern * 3 + bytes(8192) + pattern + b"tail")
     (tree / "other").write_bytes(random.Random(6).randbytes(9000))
     blob = str(tmp_path / "l2.blob")
+    open(blob, "wb").close()  # mkfs.erofs 1.8 writes the blob only into a file that exists
     layers = []
     for i, options in enumerate([MKFS_OPTIONS, CHUNKED_OPTIONS, (*CHUNKED_OPTIONS, f"--blobdev={blob}")]):
         layers.append(str(tmp_path / f"l{i}.erofs"))
