@@ -43,7 +43,7 @@ FORMATS = {
         Format("deflate", ("-zdeflate", "-C65536"), ("-comp", "gzip", "-b", "65536")),
     )
 }
-DEFAULT_FORMATS = ("plain", "lz4hc", "zstd", "lzma")
+DEFAULT_FORMATS = ("plain", "lz4", "lz4hc", "zstd", "lzma", "deflate")
 
 
 @dataclass(frozen=True)
