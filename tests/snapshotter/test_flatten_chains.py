@@ -344,11 +344,13 @@ def rootfs(daemon: containerd.Containerd, snapshotter_name: str, ref: str, targe
 
 
 @contextlib.contextmanager
-def image_view(daemon: containerd.Containerd, snapshotter_name: str, image: oci.Image, target: Path):
-    """A view of an image's layers, mounted on the host. Not a container: containerd 1.7 mounts a container's
-    rootfs read-only to read /etc/group, its upper directory one more lower, and overlayfs takes at most 500."""
-    key = f"view-{snapshotter_name}"
-    daemon.ctr("snapshots", "--snapshotter", snapshotter_name, "view", key, image.chain_id)
+def image_snapshot(daemon: containerd.Containerd, snapshotter_name: str, image: oci.Image, target: Path):
+    """An active snapshot on an image's layers, mounted on the host. Not a container: containerd 1.7 mounts a
+    container's rootfs read-only to read /etc/group, its upper directory one more lower, and overlayfs takes
+    at most 500. Not ``ctr snapshots view``: that sets no gc.root label, so the garbage collection that
+    removing the last container scheduled may remove the view before it is mounted."""
+    key = f"expected-{snapshotter_name}"
+    daemon.ctr("snapshots", "--snapshotter", snapshotter_name, "prepare", key, image.chain_id)
     try:
         with mounted_snapshot(daemon, snapshotter_name, key, target):
             yield
@@ -378,7 +380,7 @@ def check_deep_image(case: str, depth: int, image: oci.Image, base: Path, *, run
         if run_overlayfs:  # containerd cannot mount overlayfs' own lowerdir list past about 240 layers
             assert actual == daemon.ctr("run", "--rm", "--snapshotter", "overlayfs", ref, "overlay-run").stdout
         assert "/bin/busybox" in actual
-        with image_view(daemon, "overlayfs", image, base / "expected"), \
+        with image_snapshot(daemon, "overlayfs", image, base / "expected"), \
                 rootfs(daemon, "erofs", ref, base / "actual") as (kind, _, options):
             fstest.check_directory_equal(base / "expected", base / "actual")
             lowers = next(o for o in options if o.startswith("lowerdir=")).removeprefix("lowerdir=").split(":")
