@@ -100,6 +100,7 @@ class ErofsOperations(pyfuse3.Operations):
         self.lookups: dict[int, int] = {}
         self._reported: set[tuple[int | None, str]] = set()
         self._limiter = trio.CapacityLimiter(threads)
+        self._store_limiter = trio.CapacityLimiter(threads)  # page-cache stores (preload), which may wait on READs
         self.block_size = tree.root.image.sb.block_size
         self.activity = BusyPoll(busy_poll)  # run by the FUSE loop next to pyfuse3.main
         self.listings = ListingAdvisor()
@@ -238,7 +239,10 @@ class ErofsOperations(pyfuse3.Operations):
         else:
             data = self.tree.read(node, 0, size)
         try:
-            pyfuse3.notify_store(inode, 0, data)
+            # never from the loop's thread: the kernel waits for the lock of each page it stores into, and
+            # a page may be locked by a READ of the same file (from an earlier open) that only the loop
+            # can answer; READs take their threads from the other limiter
+            await trio.to_thread.run_sync(pyfuse3.notify_store, inode, 0, data, limiter=self._store_limiter)
         except OSError as exc:  # the kernel does not take it: READ as usual
             log.debug("cannot store inode %d in the page cache: %s", inode, exc)
 
