@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from erofsfuse.erofs import ErofsImage
+
 from .fusemount import traced_mount
 from .kernel import erofs_mount
 from .trees import describe_path, diff_trees
@@ -91,3 +93,41 @@ def test_the_page_cache_filled_at_open_survives_memory_pressure(image, tmp_path)
         drop_caches()
         assert contents(mnt) == kernel_bytes
         assert len(set(requests(log, "read"))) == SMALL + LARGE  # dropped, so read as usual
+
+
+def test_a_corrupt_small_file_opens_and_fails_to_read_as_on_the_kernel(tmp_path):
+    """Preloading reads the file at open; a file it cannot decode still opens, and its READ reports it."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "bad").write_bytes(b"compressible text, " * 500)
+    (tree / "good").write_bytes(b"other text, " * 300)
+    path = tmp_path / "image.erofs"
+    subprocess.run(["mkfs.erofs", "--quiet", "-zlz4hc", str(path), str(tree)], check=True, capture_output=True,
+                   timeout=120)
+    with ErofsImage(str(path)) as img:
+        (ext,) = img.extents(img.resolve("/bad"))
+    with open(path, "r+b") as f:
+        f.seek(ext.pa)
+        f.write(b"\xff" * ext.plen)
+
+    def outcome(root: str) -> dict[str, object]:
+        seen: dict[str, object] = {}
+        for name in ("bad", "good"):
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            except OSError as exc:
+                seen[name] = ("open fails", exc.errno)
+                continue
+            try:
+                seen[name] = hashlib.sha256(os.read(fd, 1 << 20)).hexdigest()
+            except OSError:
+                seen[name] = "read fails"
+            finally:
+                os.close(fd)
+        return seen
+
+    with erofs_mount(str(path)) as kmnt:
+        kernel = outcome(kmnt)
+    assert kernel["bad"] == "read fails"
+    with traced_mount(str(path), str(tmp_path / "debug.log")) as mnt:
+        assert outcome(mnt) == kernel

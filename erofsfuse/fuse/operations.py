@@ -234,10 +234,13 @@ class ErofsOperations(pyfuse3.Operations):
         size = node.inode.size
         if not 0 < size <= self.preload or not stat.S_ISREG(node.inode.mode):
             return
-        if node.image.costly_read(node.inode, 0, size):
-            data = await trio.to_thread.run_sync(self.tree.read, node, 0, size, limiter=self._limiter)
-        else:
-            data = self.tree.read(node, 0, size)
+        try:
+            if node.image.costly_read(node.inode, 0, size):
+                data = await trio.to_thread.run_sync(self.tree.read, node, 0, size, limiter=self._limiter)
+            else:
+                data = self.tree.read(node, 0, size)
+        except ErofsError:
+            return  # the open succeeds, as without preloading: the READ that follows reports it
         try:
             # never from the loop's thread: the kernel waits for the lock of each page it stores into, and
             # a page may be locked by a READ of the same file (from an earlier open) that only the loop
